@@ -1,0 +1,68 @@
+"""Tasks: problems plus the one function that decides whether a final answer is right.
+
+A task module (data/synthetic.py, data/gsm8k.py, data/math_task.py) provides
+
+    load(split)                 -> list[Problem]
+    grade(completion, gold)     -> bool      (the single entry point every caller uses)
+    extract_answer(text)        -> str | None
+
+and everything shares the Math-Shepherd solution format defined here: steps that each end with the
+step tag " ки", the last one "The answer is: X ки".  Example (one step per line):
+
+    3 * 4 = 12 ки
+    12 - 5 = 7 ки
+    The answer is: 7 ки
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+
+STEP_TAG = "ки"  # Math-Shepherd's step tag; with the Mistral tokenizer " ки" is one token (id 12902)
+ANSWER_PREFIX = "The answer is:"
+TASKS = {"synthetic": "data.synthetic", "gsm8k": "data.gsm8k", "math": "data.math_task"}
+
+
+@dataclass
+class Problem:
+    id: str
+    question: str
+    answer: str  # the gold final answer, as text
+    meta: dict = field(default_factory=dict)  # task-specific extras (e.g. the synthetic world's program)
+
+
+def get_task(name: str):
+    """The task module for a name in TASKS (imported lazily, so no task costs anything until used)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def format_prompt(question: str) -> str:
+    """What the policy sees before its solution: the question and a newline."""
+    return question.strip() + "\n"
+
+
+def join_steps(steps: list[str]) -> str:
+    """Steps (without tags) -> solution text: every step ends with ' ки', one step per line."""
+    return "\n".join(f"{s.strip()} {STEP_TAG}" for s in steps)
+
+
+def split_steps(solution: str) -> list[str]:
+    """Solution text -> its steps, without tags. The one splitter everyone uses.
+
+    Tolerates the variants in real Math-Shepherd data: a tag without a space before it ('is: 40ки'),
+    'Step k:' prefixes, and trailing text after the last tag (an unfinished step, kept as a step)."""
+    parts = solution.split(STEP_TAG)
+    steps = [re.sub(r"^\s*Step \d+:\s*", "", p).strip() for p in parts]
+    return [s for s in steps if s]
+
+
+_ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + r"\s*(.*?)\s*(?:" + STEP_TAG + r"|$)", re.S)
+
+
+def answer_from_text(text: str) -> str | None:
+    """The text after the LAST 'The answer is:' up to the next tag or the end, or None."""
+    found = _ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None

@@ -1,0 +1,521 @@
+"""A Mistral/Llama transformer written out by hand, that loads Hugging Face checkpoints as they are published.
+
+Read top to bottom:
+  1. ModelConfig      - the fields of a Hugging Face config.json we need (model_type mistral or llama)
+  2. the layers       - RMSNorm, rotary embeddings (HF half-split convention), grouped-query attention with a
+                        causal + sliding-window mask, SwiGLU MLP, the decoder block
+  3. KVCache          - the preallocated cache that sampler.py drives (rows x positions)
+  4. Transformer      - the model; parameter names are exactly Hugging Face's, so loading and saving are a plain
+                        state-dict assign; from_pretrained / save_pretrained
+  5. Tokenizer        - tokenizer.json + tokenizer_config.json (BOS/EOS as the checkpoint says)
+  6. the PRM head     - Math-Shepherd's step score: p(+) from the LM-head logits of '+'/'-' read AT the step tag
+
+Conventions: every sequence is RIGHT-padded and carries absolute positions per row, so the causal mask alone keeps
+real tokens from ever seeing padding. Nothing here samples; generation lives in sampler.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Config
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model: names the file, the key and both shapes."""
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = "mistral"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5  # read from the file: transformers' class default (1e-6) is not Mistral's
+    rope_theta: float = 10000.0
+    sliding_window: int | None = None  # None: full causal attention
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # some Llama variants put biases on q/k/v/o
+    mlp_bias: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = None
+    extra: dict = field(default_factory=dict)  # keys we do not use, carried through save_pretrained unchanged
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
+        d = dict(d)
+        mt = d.get("model_type")
+        if mt not in ("mistral", "llama"):
+            raise ValueError(f"{source}: model_type {mt!r} is not supported; expected 'mistral' or 'llama'")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", None):
+            raise ValueError(f"{source}: rope type {rope_type!r} is not supported (only plain rotary embeddings)")
+        if "rope_theta" in rope:  # newer files keep theta inside rope_parameters; there, it is the one in force
+            d["rope_theta"] = rope["rope_theta"]
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{source}: hidden_act {d['hidden_act']!r} is not supported; expected 'silu'")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        if mt == "llama" or not d.get("use_sliding_window", True):
+            known["sliding_window"] = None  # Llama has no window; Qwen-style files may switch it off
+        for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if k not in d:
+                raise ValueError(f"{source}: missing required field {k!r}")
+        known.setdefault("num_key_value_heads", d["num_attention_heads"])
+        known.setdefault("rms_norm_eps", 1e-6 if mt == "llama" else 1e-5)
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelConfig":
+        with open(path) as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self) -> dict:
+        d = dict(self.extra)
+        d.pop("rope_parameters", None)  # we write rope_theta at top level, which every reader understands
+        d.pop("rope_scaling", None)
+        d.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
+        d["architectures"] = ["MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"]
+        d["hidden_act"] = "silu"
+        if self.model_type == "llama":
+            d.pop("sliding_window")
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 (bf16 squares lose too much), cast back, then scale: the order HF uses
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin of shape (B, S, head_dim) for absolute positions (B, S); computed in fp32, then cast.
+
+    Half-split convention ("rotate_half"): frequency k drives dimensions k and k + head_dim/2. Hugging Face's
+    q/k weights are laid out for exactly this, so they load unchanged (the interleaved convention would need them
+    permuted, and would run without error and give wrong logits)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # (B, S, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x (B, H, S, D); cos/sin (B, S, D). Rotates each pair (x_k, x_{k+D/2}) by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None):
+    """Boolean (B, 1, Sq, Sk): a query at position p sees keys at positions j with p - window < j <= p."""
+    diff = q_pos[:, :, None] - k_pos[:, None, :]
+    ok = diff >= 0
+    if window is not None:
+        ok = ok & (diff < window)
+    return ok[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, d, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        self.q_proj = nn.Linear(h, nh * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(h, nkv * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(h, nkv * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(nh * d, h, bias=cfg.attention_bias)
+
+    def forward(self, x, cos, sin, positions, cache_k=None, cache_v=None, kv_len=None):
+        B, S, _ = x.shape
+        c = self.cfg
+        q = self.q_proj(x).view(B, S, c.num_attention_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, S, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, S, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_k is None:  # plain forward: keys are this input's own tokens
+            k_pos = positions
+            if c.sliding_window is None and bool((positions == torch.arange(S, device=x.device)).all()):
+                mask, causal = None, True  # the common case: let SDPA pick its fused causal kernel
+            else:
+                mask, causal = attention_mask(positions, k_pos, c.sliding_window), False
+        else:  # cached: write this step's k/v at their positions, then attend over the first kv_len slots
+            idx = positions[:, None, :, None].expand(B, c.num_key_value_heads, S, c.head_dim)
+            cache_k[:B].scatter_(2, idx, k)
+            cache_v[:B].scatter_(2, idx, v)
+            kv_len = kv_len or cache_k.shape[2]
+            k, v = cache_k[:B, :, :kv_len], cache_v[:B, :, :kv_len]
+            k_pos = torch.arange(kv_len, device=x.device).expand(B, kv_len)
+            # slots beyond a row's position hold stale or padding values: the causal test j <= p hides them
+            mask, causal = attention_mask(positions, k_pos, c.sliding_window), False
+        # grouped-query attention: each k/v head serves num_attention_heads / num_key_value_heads query heads
+        # (enable_gqa shares them without materialising copies, as HF's repeat_kv would)
+        gqa = c.num_key_value_heads != c.num_attention_heads
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(h, i, bias=b), nn.Linear(h, i, bias=b), nn.Linear(i, h, bias=b)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, positions, cache_k=None, cache_v=None, kv_len=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache_k, cache_v, kv_len)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. The KV cache that sampler.py drives
+
+
+class KVCache:
+    """Preallocated keys/values, one (rows, kv_heads, max_len, head_dim) pair per layer.
+
+    Row b of a forward batch is cache row b. A forward call writes its tokens' k/v at their absolute positions and
+    attends over slots [0, kv_len). Slot j of a row holds that row's token at position j; slots past a row's
+    current position may hold stale values and are masked by causality. Allocated once (static addresses, so a
+    CUDA graph can capture the decode step)."""
+
+    def __init__(self, cfg: ModelConfig, max_batch: int, max_len: int, dtype=torch.float32, device="cpu"):
+        shape = (max_batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.max_batch, self.max_len = max_batch, max_len
+
+    def copy_rows(self, src: torch.Tensor, dst: torch.Tensor, length: int):
+        """Prefix forking: rows dst start from the first `length` cached positions of rows src (no recompute)."""
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The model
+
+
+class Decoder(nn.Module):  # Hugging Face's "model." prefix: embeddings, layers, final norm
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.source_dir: str | None = None  # where from_pretrained read it (tokenizer files are copied on save)
+
+    def forward(self, input_ids, positions=None, cache: KVCache | None = None, kv_len: int | None = None,
+                return_hidden: bool = False):
+        """input_ids (B, S) -> logits (B, S, vocab), or the final hidden states (B, S, hidden) if return_hidden.
+
+        positions (B, S): absolute position of each token (default 0..S-1 on every row). With a cache, the
+        tokens' k/v are written into cache rows 0..B-1 at those positions and attention spans slots [0, kv_len)."""
+        B, S = input_ids.shape
+        if positions is None:
+            positions = torch.arange(S, device=input_ids.device).expand(B, S)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            ck, cv = (cache.k[i], cache.v[i]) if cache is not None else (None, None)
+            x = layer(x, cos, sin, positions, ck, cv, kv_len)
+        x = self.model.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix is one parameter, counted once
+
+    # -- loading ---------------------------------------------------------------------------------------------
+
+    def expected_shapes(self) -> dict[str, tuple]:
+        """Every tensor a checkpoint must hold, with its shape (a tied LM head is stored once, as the embedding)."""
+        shapes = {k: tuple(p.shape) for k, p in self.named_parameters(remove_duplicate=False)}
+        if self.config.tie_word_embeddings:
+            shapes.pop("lm_head.weight")
+        return shapes
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, dtype=torch.float32, device="cpu") -> "Transformer":
+        """A local folder or a Hugging Face repo id; single-file or sharded safetensors. Never unpickles.
+
+        The model is built on the meta device (no memory) and each tensor is assigned as it is read, converted to
+        dtype/device, so a 7B model never sits twice in memory. Strict: any missing, unexpected or misshaped tensor
+        is an error naming the key and both shapes."""
+        folder = resolve_checkpoint(path_or_repo)
+        cfg = ModelConfig.from_json(folder / "config.json")
+        with torch.device("meta"):
+            model = cls(cfg)
+        files = safetensors_files(folder)
+        expected = model.expected_shapes()
+        state, seen, problems = {}, set(), []
+        from safetensors import safe_open
+        for file in files:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    if key not in expected:
+                        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+                            continue  # some tied checkpoints store the head anyway; it is the embedding
+                        problems.append(f"unexpected tensor {key!r} in {file.name}")
+                        continue
+                    seen.add(key)
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != expected[key]:
+                        problems.append(f"tensor {key!r} in {file.name} has shape {shape}, the model expects {expected[key]}")
+                        continue
+                    state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+        problems += [f"missing tensor {k!r} (shape {s})" for k, s in expected.items() if k not in seen]
+        if problems:
+            raise CheckpointError(f"{folder}: checkpoint does not match the model:\n  " + "\n  ".join(problems))
+        model.load_state_dict(state, strict=False, assign=True)
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.source_dir = str(folder)
+        return model.eval()
+
+    # -- saving ----------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path, tokenizer_dir: str | Path | None = None,
+                        max_shard_bytes: int = 5 * 2**30):
+        """Hugging Face layout: config.json, model.safetensors (or shards + index above max_shard_bytes), and the
+        tokenizer files. Written into a temporary folder beside `path`, then renamed: a crash leaves no half
+        checkpoint."""
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            keys = self.expected_shapes()
+            params = dict(self.named_parameters(remove_duplicate=False))
+            tensors = {k: params[k].detach().to("cpu").contiguous() for k in keys}
+            shards, size = [[]], 0
+            for k, t in tensors.items():
+                nbytes = t.numel() * t.element_size()
+                if shards[-1] and size + nbytes > max_shard_bytes:
+                    shards.append([])
+                    size = 0
+                shards[-1].append(k)
+                size += nbytes
+            if len(shards) == 1:
+                save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            else:
+                weight_map = {}
+                for i, names in enumerate(shards):
+                    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                    save_file({k: tensors[k] for k in names}, str(tmp / name), metadata={"format": "pt"})
+                    weight_map.update({k: name for k in names})
+                total = sum(t.numel() * t.element_size() for t in tensors.values())
+                write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+            cfg = self.config.to_dict()
+            cfg["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+            write_json(tmp / "config.json", cfg)
+            src = tokenizer_dir or self.source_dir
+            if src is not None:
+                for name in TOKENIZER_FILES:
+                    if (Path(src) / name).exists():
+                        shutil.copy(Path(src) / name, tmp / name)
+            os.chmod(tmp, 0o755)
+            if path.exists():  # swap: old out of the way, new in, old removed
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def write_json(path: Path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def resolve_checkpoint(path_or_repo: str | Path) -> Path:
+    """A local folder as is; otherwise a hub repo id, fetched with huggingface_hub (which honours HF_HUB_OFFLINE and
+    its local cache). Only config, tokenizer and the safetensors files the index names are downloaded, so a repo that
+    ships both consolidated and sharded weights is not fetched twice."""
+    p = Path(path_or_repo)
+    if p.is_dir():
+        return p
+    if p.exists() or str(path_or_repo).startswith((".", "/")) or str(path_or_repo).count("/") != 1:
+        raise FileNotFoundError(f"{path_or_repo}: not a checkpoint folder (and not a hub repo id like 'org/name')")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    repo = str(path_or_repo)
+    get = lambda name: Path(hf_hub_download(repo, name))  # noqa: E731
+    folder = get("config.json").parent
+    for name in TOKENIZER_FILES:
+        try:
+            get(name)
+        except EntryNotFoundError:
+            pass
+    try:
+        index = json.loads(get("model.safetensors.index.json").read_text())
+        for name in sorted(set(index["weight_map"].values())):
+            get(name)
+    except EntryNotFoundError:
+        try:
+            get("model.safetensors")
+        except EntryNotFoundError:
+            raise FileNotFoundError(f"{repo}: no safetensors weights on the hub (pickled .bin files are refused)") from None
+    return folder
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint: those the index names, else model.safetensors. Pickles are refused."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [n for n in names if not (folder / n).exists()]
+        if missing:
+            raise CheckpointError(f"{index}: names shard(s) {missing} that are not in {folder}")
+        return [folder / n for n in names]
+    if (folder / "model.safetensors").exists():
+        return [folder / "model.safetensors"]
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise CheckpointError(f"{folder}: only pickled weights ({', '.join(pickles)}); Shepherd never unpickles. "
+                              "Convert them to safetensors first.")
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Tokenizer
+
+
+class Tokenizer:
+    """tokenizer.json through the `tokenizers` library; BOS/EOS added as tokenizer_config.json says."""
+
+    def __init__(self, folder: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+        folder = Path(folder)
+        self.tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        conf = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+            if (folder / name).exists():
+                conf.update(json.loads((folder / name).read_text()))
+        content = lambda t: t["content"] if isinstance(t, dict) else t  # noqa: E731
+        tid = lambda key: None if conf.get(key) is None else self.tok.token_to_id(content(conf[key]))  # noqa: E731
+        self.bos_id, self.eos_id, self.pad_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
+        self.add_bos = bool(conf.get("add_bos_token", True)) and self.bos_id is not None
+        self.add_eos = bool(conf.get("add_eos_token", False)) and self.eos_id is not None
+        self.vocab_size = self.tok.get_vocab_size()
+
+    def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]:
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if self.add_bos if bos is None else bos:
+            ids = [self.bos_id] + ids
+        if self.add_eos if eos is None else eos:
+            ids = ids + [self.eos_id]
+        return ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def single_token(self, text: str) -> int:
+        """The id of a string that must encode to exactly one token (a step tag, '+', '-')."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is not a single token for this tokenizer: {ids}")
+        return ids[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. The PRM head (Math-Shepherd, as the released math-shepherd-mistral-7b-prm is used)
+
+
+@dataclass(frozen=True)
+class PRMHead:
+    """A PRM is a language model: the step tag ends every step and the token it predicts next is '+' (the step
+    can still reach the right answer) or '-' (it cannot). Score of a step = p(+) = softmax over the LM-head
+    logits of [+, -] read AT the tag position. With the Mistral tokenizer: tag 12902, + 648, - 387."""
+    tag_id: int
+    good_id: int
+    bad_id: int
+
+    @classmethod
+    def from_tokenizer(cls, tok: Tokenizer, tag="ки", good="+", bad="-") -> "PRMHead":
+        return cls(tok.single_token(tag), tok.single_token(good), tok.single_token(bad))
+
+
+def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> torch.Tensor:
+    """(B, S) -> (B, S, 2): the LM-head logits of [good, bad] at every position, in fp32.
+
+    Only the two rows of the LM head are multiplied, not the whole vocabulary. The PRM loss (shepherd.py train)
+    and inference (step_scores) both read this tensor at `input_ids == head.tag_id`: one function, one position."""
+    hidden = model(input_ids, return_hidden=True)
+    w = model.lm_head.weight[[head.good_id, head.bad_id]]
+    return (hidden @ w.T).float()
+
+
+def step_scores(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> list[list[float]]:
+    """Every step's p(+) for a right-padded batch of solutions, in one forward pass (a list per row, in step order)."""
+    logits = step_logits(model, input_ids, head)
+    p_good = logits.softmax(-1)[..., 0]
+    at_tag = input_ids == head.tag_id
+    return [p_good[b][at_tag[b]].tolist() for b in range(input_ids.shape[0])]
