@@ -16,7 +16,6 @@ real tokens from ever seeing padding. Nothing here samples; generation lives in 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -334,10 +333,10 @@ class Transformer(nn.Module):
     # -- saving ----------------------------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path, tokenizer_dir: str | Path | None = None,
-                        max_shard_bytes: int = 5 * 2**30):
+                        max_shard_bytes: int = 5 * 2**30, extra_files: dict[str, bytes] | None = None):
         """Hugging Face layout: config.json, model.safetensors (or shards + index above max_shard_bytes), and the
-        tokenizer files. Written into a temporary folder beside `path`, then renamed: a crash leaves no half
-        checkpoint."""
+        tokenizer files (+ extra_files, e.g. a trainer state). Written into a temporary folder beside `path`, then
+        renamed: a crash leaves no half checkpoint."""
         from safetensors.torch import save_file
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +371,8 @@ class Transformer(nn.Module):
                 for name in TOKENIZER_FILES:
                     if (Path(src) / name).exists():
                         shutil.copy(Path(src) / name, tmp / name)
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
             os.chmod(tmp, 0o755)
             if path.exists():  # swap: old out of the way, new in, old removed
                 old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -508,8 +509,8 @@ def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> t
 
     Only the two rows of the LM head are multiplied, not the whole vocabulary. The PRM loss (shepherd.py train)
     and inference (step_scores) both read this tensor at `input_ids == head.tag_id`: one function, one position."""
-    hidden = model(input_ids, return_hidden=True)
-    w = model.lm_head.weight[[head.good_id, head.bad_id]]
+    hidden = model(input_ids, return_hidden=True)  # `model` may be a DDP/FSDP wrapper: call it, read weights inside
+    w = getattr(model, "module", model).lm_head.weight[[head.good_id, head.bad_id]]
     return (hidden @ w.T).float()
 
 

@@ -1,0 +1,405 @@
+"""Generation: the one place Shepherd samples text (labeling rollouts, PPO rollouts, best-of-N all come here).
+
+Read top to bottom:
+  1. Seeding   - every row carries its own 63-bit seed. The uniform number that picks its n-th new token is a pure
+                 function of (row seed, n), computed with an integer hash in torch ops. No generator state is shared
+                 between rows, so a row's output does not depend on which rows share its batch, on the batch size or
+                 on chunking: a labeling job can stop and resume and get the same rollouts. (A torch.Generator per
+                 row would do the same, slowly, and could not live inside a CUDA graph.)
+  2. sample()  - logits -> token by inverse CDF: temperature, then top-k, then top-p (nucleus) cut the distribution,
+                 and the row's uniform u picks the first token whose cumulative probability exceeds u. Temperature 0 is
+                 greedy. It also returns the log-probabilities of the chosen tokens (see its docstring for which).
+  3. Sampler   - owns a static KV cache of (max_batch, max_len) on the model's device and dtype, and on CUDA the
+                 captured decode graphs. One call:
+       prefill   every sequence a batch needs is run ONCE, right-padded, each row at its own absolute positions
+                 (the causal mask keeps real tokens from seeing the padding after them). Only the hidden states at
+                 the positions we sample from go through the LM head.
+       fork      a row that continues the first t tokens of a prefilled sequence gets that row's cache copied and
+                 its first token sampled from the prefill logits at position t-1 (row by row, with its own seed: the
+                 rows of one prefix are independent samples). Labeling: one prefill of question + solution serves the
+                 rollouts of all its step prefixes. Plain generation is the case "one fork per prompt, t = length".
+       decode    one step feeds every row its last token at its position; rows that are done still ride along
+                 (their output is thrown away) until the live rows fit a smaller batch bucket, when they are packed
+                 to the front (cache rows included). A row ends after a stop token (eos or stop_ids, which IS
+                 returned, with its log-prob) or its own max_new_tokens.
+       graphs    on CUDA the decode step (forward + sampling) is captured once per (batch bucket, kv-length bucket)
+                 and replayed; inputs live in static buffers. Everywhere else the same function runs eagerly.
+  4. generate / fork_generate / generate_from_prefixes - thin wrappers that size a Sampler to one call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from model import KVCache, Transformer
+
+MASK32, MASK64 = 0xFFFFFFFF, (1 << 64) - 1
+
+
+@dataclass
+class Completion:
+    tokens: list[int]  # the new tokens; a stop token that ended the row is the last one
+    logprobs: list[float]  # log p(token) under the raw model (temperature 1, no top-k/top-p): what a forward recomputes
+    sampling_logprobs: list[float]  # log q(token) under the distribution sampled from (temperature, top-k, top-p); 0 if greedy
+    finish_reason: str  # "stop" (ended by eos / a stop id) or "length" (its max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Seeding
+
+
+def _mix64(x: int) -> int:
+    """A bijective 64-bit integer mix (splitmix64's finaliser), on Python ints."""
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & MASK64
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & MASK64
+    return x ^ (x >> 31)
+
+
+def child_seed(seed: int, index: int) -> int:
+    """The seed of child `index` of `seed` (row i of a call, sample j of a fork): distinct children, 63 bits."""
+    return _mix64(_mix64(seed & MASK64) ^ index) >> 1
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective hash of 32-bit values held in int64 tensors (xor-shift / multiply rounds). The multipliers are
+    below 2**31, so no product leaves int64: the same bits on every device."""
+    for m in (0x5BD1E995, 0x2C1B3C6D, 0x297A2D39):
+        x = ((x ^ (x >> 16)) * m) & MASK32
+    return x ^ (x >> 16)
+
+
+def uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """One U[0, 1) float64 per row, a pure function of (seed, counter): counter-based, like Philox, but per row."""
+    h = _mix32(seeds & MASK32)
+    h = _mix32(h ^ (seeds >> 32))  # the seed's high half (seeds are non-negative, so this is < 2**31)
+    h = _mix32(h ^ _mix32(counters & MASK32))
+    return h.double() / 2.0**32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Sampling
+
+
+def top_k_top_p(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set to -inf what top-k, then top-p, leave out of each row of (B, V) tempered logits. top_k 0 and top_p 1 keep
+    everything. Top-p keeps the most likely tokens until their mass reaches top_p (the one crossing it included).
+    The cut is applied as a threshold on the value, so a token tied with the last kept one is kept too."""
+    V = scaled.shape[-1]
+    desc = scaled.sort(-1, descending=True).values
+    rank = torch.arange(V, device=scaled.device)
+    keep = rank < torch.where(top_k > 0, top_k, V)[:, None]
+    p = desc.masked_fill(~keep, float("-inf")).softmax(-1)
+    mass_before = F.pad(p.cumsum(-1)[:, :-1], (1, 0))  # shifted cumsum: monotone, exactly 0 at the top token
+    keep &= (mass_before < top_p[:, None]) | (top_p[:, None] >= 1)
+    threshold = desc.gather(1, keep.sum(-1, keepdim=True) - 1)  # keep is a prefix of the ranks: its last value
+    return scaled.masked_fill(scaled < threshold, float("-inf"))
+
+
+def sample(logits, temperature, top_k, top_p, seeds, counters, stochastic=True, filtering=True):
+    """Pick one token per row of logits (B, V); the other arguments are (B,) tensors, one setting per row.
+
+    Returns (tokens, logprobs, sampling_logprobs), each (B,):
+      logprobs           log_softmax of the RAW logits (temperature 1, unfiltered) at the token: log pi(token) of the
+                         model as a forward pass recomputes it (PPO's old log-probs, KL to a reference, scoring).
+      sampling_logprobs  the log-probability of the token under the distribution it was actually drawn from
+                         (tempered, top-k/top-p filtered and renormalised); 0 for greedy rows, a point mass. For
+                         importance weights when temperature != 1 or a filter is on.
+    temperature 0 is greedy: argmax of the logits. Sampling is by inverse CDF with the row's uniform(seed, counter).
+    stochastic=False (no row samples) and filtering=False (no row filters) only skip work that cannot change the
+    result; a captured CUDA graph always runs the full path."""
+    logits = logits.float()
+    raw = logits.log_softmax(-1)
+    best = logits.argmax(-1)
+    pick = lambda t, idx: t.gather(1, idx[:, None])[:, 0]  # noqa: E731
+    if not stochastic:
+        return best, pick(raw, best), torch.zeros_like(best, dtype=torch.float)
+    greedy = temperature <= 0
+    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    if filtering:
+        scaled = top_k_top_p(scaled, top_k, top_p)
+    q = scaled.log_softmax(-1)
+    cdf = q.exp().double().cumsum(-1)  # float64: the running sum over a 32k vocabulary stays exact enough
+    u = uniform(seeds, counters) * cdf[:, -1]  # u < total mass, so the first cdf > u is a token of non-zero mass
+    drawn = torch.searchsorted(cdf, u[:, None], right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    tokens = torch.where(greedy, best, drawn)
+    return tokens, pick(raw, tokens), torch.where(greedy, 0.0, pick(q, tokens))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. The Sampler
+
+
+def _cache_rows(cache: KVCache, start: int, stop: int):
+    """Rows [start, stop) of the cache, as a cache the model writes into as its rows 0.. (views: no copy)."""
+    return SimpleNamespace(k=[k[start:stop] for k in cache.k], v=[v[start:stop] for v in cache.v])
+
+
+@dataclass
+class _Row:  # one sequence to continue: sequences[seq][:prefix], then up to max_new tokens drawn with `seed`
+    seq: int
+    prefix: int
+    max_new: int
+    seed: int
+
+
+class Sampler:
+    """A static KV cache for (max_batch rows, max_len positions) on the model's device and dtype, plus, on CUDA,
+    the captured decode graphs. Build one and reuse it across calls (graphs are captured on first use)."""
+
+    STATE = ("tok", "pos", "count", "seed", "top_k", "max_new", "row", "temp", "top_p", "done")
+
+    def __init__(self, model: Transformer, max_batch: int = 64, max_len: int = 2048, cuda_graphs: bool | None = None,
+                 prefill_tokens: int = 16384):
+        p = next(model.parameters())
+        self.model, self.device, cfg = model, p.device, model.config
+        self.max_batch, self.max_len = max_batch, min(max_len, cfg.max_position_embeddings)
+        self.cache = KVCache(cfg, max_batch, self.max_len, p.dtype, p.device)
+        self.prefill_tokens = prefill_tokens  # tokens per prefill forward (bounds the attention scores' memory)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        self.graphs = {} if (cuda_graphs is None and self.device.type == "cuda") or cuda_graphs else None
+        self.pool = torch.cuda.graph_pool_handle() if self.graphs is not None else None
+        eos = cfg.eos_token_id
+        self.eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        # Per-row state, indexed by batch row == cache row. Static tensors: a CUDA graph reads them at fixed addresses.
+        dtypes = dict(temp=torch.float, top_p=torch.float, done=torch.bool)
+        self.state = {k: torch.zeros(max_batch, dtype=dtypes.get(k, torch.long), device=self.device) for k in self.STATE}
+        self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
+
+    # -- public API ------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, stop_ids=(), seed: int | None = None,
+                 seeds: list[int] | None = None) -> list[Completion]:
+        """One Completion per prompt. Row i draws with seeds[i], else child_seed(seed, i); seed None draws a base
+        seed from torch's global generator (so torch.manual_seed makes a call reproducible)."""
+        limits = _per_row(max_new_tokens, len(prompts), "max_new_tokens")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        base = _base_seed(seed)
+        rows = [_Row(i, len(p), m, seeds[i] if seeds is not None else child_seed(base, i))
+                for i, (p, m) in enumerate(zip(prompts, limits))]
+        return self._run(prompts, rows, temperature, top_k, top_p, stop_ids)
+
+    def fork(self, sequences: list[list[int]], forks: list[tuple[int, int]], max_new_tokens: int | list[int],
+             num_samples: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_ids=(),
+             seed: int | None = None, seeds: list[int] | None = None) -> list[list[Completion]]:
+        """For each fork (seq_index, prefix_len): num_samples completions of sequences[seq_index][:prefix_len].
+
+        Each sequence is prefilled once per batch that needs it (rows are grouped by sequence), up to the longest
+        prefix asked of it. max_new_tokens may be one per fork. Sample j of fork i draws with
+        child_seed(seeds[i], j), where seeds[i] defaults to child_seed(seed, i)."""
+        limits = _per_row(max_new_tokens, len(forks), "max_new_tokens")
+        if seeds is not None and len(seeds) != len(forks):
+            raise ValueError(f"{len(seeds)} seeds for {len(forks)} forks")
+        base = _base_seed(seed)
+        rows = []
+        for i, ((s, t), m) in enumerate(zip(forks, limits)):
+            if not 0 <= s < len(sequences):
+                raise ValueError(f"fork {i}: sequence index {s} out of range ({len(sequences)} sequences)")
+            fork_seed = seeds[i] if seeds is not None else child_seed(base, i)
+            rows += [_Row(s, t, m, child_seed(fork_seed, j)) for j in range(num_samples)]
+        flat = self._run(sequences, rows, temperature, top_k, top_p, stop_ids)
+        return [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(forks))]
+
+    # -- one call: validate, group rows by sequence, run them in chunks of max_batch ---------------------------
+
+    @torch.no_grad()
+    def _run(self, seqs, rows: list[_Row], temperature, top_k, top_p, stop_ids) -> list[Completion]:
+        if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1 (got {temperature}, {top_k}, {top_p})")
+        for i, r in enumerate(rows):
+            if not 1 <= r.prefix <= len(seqs[r.seq]):
+                raise ValueError(f"row {i}: prefix length {r.prefix} not in [1, {len(seqs[r.seq])}] (empty prompt?)")
+            if r.max_new < 0 or r.prefix + r.max_new > self.max_len:
+                raise ValueError(f"row {i}: {r.prefix} prompt + {r.max_new} new tokens do not fit max_len "
+                                 f"{self.max_len} (the cache length, at most max_position_embeddings)")
+        stop = sorted(set(self.eos) | set(stop_ids))
+        settings = (temperature, top_k, top_p, stop)
+        out: list[Completion | None] = [Completion([], [], [], "length") if r.max_new == 0 else None for r in rows]
+        todo = sorted((i for i, r in enumerate(rows) if r.max_new > 0), key=lambda i: rows[i].seq)  # group forks
+        for c in range(0, len(todo), self.max_batch):
+            ids = todo[c:c + self.max_batch]
+            for i, done in zip(ids, self._chunk(seqs, [rows[i] for i in ids], *settings)):
+                out[i] = done
+        return out
+
+    def _chunk(self, seqs, rows: list[_Row], temperature, top_k, top_p, stop) -> list[Completion]:
+        n, dev, st = len(rows), self.device, self.state
+        used = list(dict.fromkeys(r.seq for r in rows))  # the sequences this chunk forks, in order
+        slot = {s: i for i, s in enumerate(used)}
+        length = [max(r.prefix for r in rows if r.seq == s) for s in used]
+        logits = self._prefill([seqs[s][:L] for s, L in zip(used, length)], [(slot[r.seq], r.prefix - 1) for r in rows])
+        src = [slot[r.seq] for r in rows]
+        if src != list(range(n)):  # fork: row i starts from its sequence's cache row (stale slots past t are masked)
+            self.cache.copy_rows(torch.tensor(src, device=dev), torch.arange(n, device=dev), max(length))
+
+        b = self._bucket(n)
+        T = max(r.max_new for r in rows)
+        init = dict(tok=[0] * n, pos=[r.prefix - 1 for r in rows], count=[0] * n, seed=[r.seed for r in rows],
+                    top_k=[top_k] * n, max_new=[r.max_new for r in rows], row=list(range(n)), temp=[temperature] * n,
+                    top_p=[top_p] * n, done=[False] * n)
+        pad = dict(row=n, done=True, top_p=1.0)  # rows n..b-1 fill the bucket: finished, writing to spare output row n
+        for k, v in init.items():
+            st[k][:b] = torch.tensor(v + [pad.get(k, 0)] * (b - n), dtype=st[k].dtype, device=dev)
+        self.flags = (temperature > 0, top_k > 0 or top_p < 1)  # what eager steps may skip (never changes results)
+        self.stop = torch.tensor(stop, dtype=torch.long, device=dev)
+        self.out = (torch.full((n + 1, T + 1), -1, dtype=torch.long, device=dev),  # column T: where dead rows write
+                    torch.zeros(n + 1, T + 1, device=dev), torch.zeros(n + 1, T + 1, device=dev))
+
+        # the first token of every row comes from the prefill logits, sampled row by row
+        self._emit(n, *sample(logits, st["temp"][:n], st["top_k"][:n], st["top_p"][:n], st["seed"][:n],
+                              st["count"][:n], *self.flags))
+        hi = max(r.prefix for r in rows)  # an upper bound on the live rows' positions, exact after each check
+        check = 8 if dev.type == "cuda" else 1  # reading the live count syncs with the GPU: not every step there
+        for step in range(T - 1):
+            if step % check == 0:
+                live = ~st["done"][:b]
+                n_live, hi = torch.stack([live.sum(), (st["pos"][:b] * live).max()]).tolist()
+                if n_live == 0:
+                    break
+                if self._bucket(n_live) < b:
+                    b = self._compact(b, n_live, hi)
+            self._emit(b, *self._step(b, self._kv_len(hi + 1)))
+            hi += 1
+        return self._collect(n, set(stop))
+
+    # -- the pieces ------------------------------------------------------------------------------------------
+
+    def _prefill(self, seqs: list[list[int]], want: list[tuple[int, int]]) -> torch.Tensor:
+        """Write the k/v of each sequence into cache row i (right-padded, positions 0..len-1) and return the logits
+        (len(want), V) at the wanted (row, position) pairs; only those hidden states meet the LM head."""
+        S = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [0] * (S - len(s)) for s in seqs], device=self.device)
+        rows = torch.tensor([r for r, _ in want], device=self.device)
+        pos = torch.tensor([p for _, p in want], device=self.device)
+        logits = torch.empty(len(want), self.model.config.vocab_size, device=self.device)
+        per = max(1, self.prefill_tokens // S)
+        for i in range(0, len(seqs), per):
+            hidden = self.model(ids[i:i + per], cache=_cache_rows(self.cache, i, i + per), kv_len=S, return_hidden=True)
+            here = (rows >= i) & (rows < i + per)
+            logits[here] = self.model.lm_head(hidden[rows[here] - i, pos[here]]).float()
+        return logits
+
+    def _decode(self, b: int, kv_len: int, stochastic=True, filtering=True):
+        """One step for batch rows [0, b): feed each row's last token at its position, sample the next one.
+        This is the function the CUDA graphs capture: it reads only static tensors."""
+        st = self.state
+        logits = self.model(st["tok"][:b, None], st["pos"][:b, None], self.cache, kv_len)[:, 0]
+        return sample(logits, st["temp"][:b], st["top_k"][:b], st["top_p"][:b], st["seed"][:b], st["count"][:b],
+                      stochastic, filtering)
+
+    def _step(self, b: int, kv_len: int):
+        if self.graphs is None:
+            return self._decode(b, kv_len, *self.flags)
+        if (b, kv_len) not in self.graphs:
+            self.graphs[b, kv_len] = self._capture(b, kv_len)
+        graph, outputs = self.graphs[b, kv_len]
+        graph.replay()
+        # No clone: _emit copies these into the output buffers and the state, in stream order, before any
+        # replay (of this graph or another in the shared pool) can overwrite them.
+        return outputs
+
+    def _capture(self, b: int, kv_len: int):
+        """Capture _decode for one (batch, kv length) bucket. Warm-up runs first on a side stream, so that lazy
+        initialisation (cuBLAS handles, workspaces, allocator blocks) happens outside the capture. Warm-up and
+        capture happen mid-generation, on the real state: a step only writes the k/v of the current tokens at their
+        positions, the very values the replay writes again, so running it more than once changes nothing. All
+        graphs share one memory pool (they never run concurrently); their outputs stay alive, so never reused."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode(b, kv_len)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = self._decode(b, kv_len)
+        return graph, outputs
+
+    def _emit(self, b: int, tokens, logprobs, sampling_logprobs):
+        """Record the tokens just sampled for rows [0, b) and advance the live ones (all on device, no sync)."""
+        st, (out_tok, out_lp, out_slp) = self.state, self.out
+        live = ~st["done"][:b]
+        col = torch.where(live, st["count"][:b], out_tok.shape[1] - 1)  # finished rows write to the spare column
+        for buf, val in zip(self.out, (tokens, logprobs, sampling_logprobs)):
+            buf[st["row"][:b], col] = val
+        st["done"][:b] |= torch.isin(tokens, self.stop) | (st["count"][:b] + 1 >= st["max_new"][:b])
+        st["tok"][:b] = torch.where(live, tokens, st["tok"][:b])
+        st["pos"][:b] += live
+        st["count"][:b] += live
+
+    def _compact(self, b: int, n_live: int, hi: int) -> int:
+        """Pack the live rows to the front (their cache rows up to position hi included) and shrink the bucket."""
+        nb = self._bucket(n_live)
+        order = torch.argsort(self.state["done"][:b].to(torch.int8), stable=True)[:nb]  # live rows first, in order
+        self.cache.copy_rows(order[:n_live], torch.arange(n_live, device=self.device), hi + 1)
+        for t in self.state.values():
+            t[:nb] = t[order]  # rows n_live..nb-1 are finished ones: padding
+        return nb
+
+    def _collect(self, n: int, stop: set[int]) -> list[Completion]:
+        tokens, lps, slps = (t[:n].tolist() for t in self.out)
+        done = []
+        for tok, lp, slp in zip(tokens, lps, slps):
+            k = sum(1 for x in tok if x >= 0)  # tokens fill columns 0..k-1
+            reason = "stop" if tok[k - 1] in stop else "length"
+            done.append(Completion(tok[:k], lp[:k], slp[:k], reason))
+        return done
+
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def _kv_len(self, n: int) -> int:
+        """Cache slots a step attends over. CPU: exactly what is needed. CUDA: rounded up to a power of two
+        (at least 256), so a few graphs cover a generation and attention reads little more than it needs, rather
+        than the whole cache; eager CUDA rounds the same way, so graphs on and off compute the same numbers."""
+        if self.device.type == "cuda":
+            n = max(256, 1 << (n - 1).bit_length())
+        return min(n, self.max_len)
+
+
+def _per_row(value, n: int, name: str) -> list[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name}: {len(values)} values for {n} rows")
+    return values
+
+
+def _base_seed(seed: int | None) -> int:
+    return int(torch.randint(0, 2**62, ())) if seed is None else seed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. One-call wrappers: a Sampler sized to the call (prompt + new tokens, no more). Hold a Sampler to reuse the
+#    cache and the CUDA graphs across calls.
+
+
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, stop_ids=(), seed: int | None = None, seeds: list[int] | None = None,
+             max_batch: int = 64, cuda_graphs: bool | None = None) -> list[Completion]:
+    """New tokens (and log-probs) for each prompt; temperature 0 is greedy. See Sampler.generate."""
+    limits = _per_row(max_new_tokens, len(prompts), "max_new_tokens")
+    length = max((len(p) + m for p, m in zip(prompts, limits)), default=1)
+    sampler = Sampler(model, max(1, min(max_batch, len(prompts))), length, cuda_graphs)
+    return sampler.generate(prompts, limits, temperature, top_k, top_p, stop_ids, seed, seeds)
+
+
+def fork_generate(model: Transformer, sequences: list[list[int]], forks: list[tuple[int, int]],
+                  max_new_tokens: int | list[int], num_samples: int = 1, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, stop_ids=(), seed: int | None = None, seeds: list[int] | None = None,
+                  max_batch: int = 64, cuda_graphs: bool | None = None) -> list[list[Completion]]:
+    """For each fork (seq_index, prefix_len), num_samples completions continuing that prefix. See Sampler.fork."""
+    limits = _per_row(max_new_tokens, len(forks), "max_new_tokens")
+    length = max((t + m for (_, t), m in zip(forks, limits)), default=1)
+    sampler = Sampler(model, max(1, min(max_batch, len(forks) * num_samples)), length, cuda_graphs)
+    return sampler.fork(sequences, forks, limits, num_samples, temperature, top_k, top_p, stop_ids, seed, seeds)
+
+
+def generate_from_prefixes(model: Transformer, sequence: list[int], prefix_lens: list[int], num_samples: int,
+                           max_new_tokens: int | list[int], **kwargs) -> list[list[Completion]]:
+    """One sequence, prefilled once: for each prefix length, num_samples completions (best-of-N: one prefix)."""
+    return fork_generate(model, [sequence], [(0, t) for t in prefix_lens], max_new_tokens, num_samples, **kwargs)

@@ -1,0 +1,862 @@
+"""Shepherd: Math-Shepherd (Wang et al., 2023, arXiv 2312.08935) from scratch.
+
+    python shepherd.py label    automatic process annotation by Monte-Carlo completions (§3.3)
+    python shepherd.py train    the one training loop: --objective sft | prm | orm
+    python shepherd.py verify   best-of-N reranking, self-consistency, PRM-weighted voting
+
+Read top to bottom: small utilities (files, seeds, distributed), label-file formats, training, labeling, the CLI.
+Generation lives in sampler.py, grading in data/, the transformer and the PRM head in model.py.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import data
+from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits
+
+ROOT = Path(__file__).resolve().parent
+
+
+class InputError(Exception):
+    """Bad input from the user: printed as one line (file, line, field) and exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Utilities: files written whole or not at all, seeds derived from ids, torch.distributed
+
+
+def atomic_write(path: str | Path, data: bytes | str):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, record) pairs; malformed JSON or a missing field is an InputError naming file and line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            for field in required:
+                if field not in rec:
+                    raise InputError(f"{path}:{n}: missing field {field!r}")
+            out.append((n, rec))
+    return out
+
+
+def seed_for(*parts) -> int:
+    """A 63-bit seed derived from ids (not from the run), so a record's randomness never depends on what else ran."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Under torchrun (WORLD_SIZE > 1): a process group, gloo on CPU, NCCL on GPU. Otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if world == 1:
+        return Dist(device=device)
+    import torch.distributed as dist
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(rank, world, device)
+
+
+def barrier(d: Dist):
+    if d.world > 1:
+        torch.distributed.barrier()
+
+
+def progress(iterable=None, d: Dist | None = None, **kw):
+    from tqdm import tqdm
+    return tqdm(iterable, disable=(d is not None and not d.main) or kw.pop("quiet", False), dynamic_ncols=True, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label files: our records, Math-Shepherd's jsonl, TRL's stepwise format
+
+
+@dataclass
+class StepExample:
+    """One solution to score or train on: the full text (prompt + steps with tags) and one label per step."""
+    text: str
+    labels: list[float]  # per step, in [0, 1] (hard labels are 0/1)
+    outcome: float  # the final answer's correctness (ORM target)
+    id: str = ""
+
+
+def _normalise_tags(text: str) -> str:
+    # real Math-Shepherd data has tags glued to the text ('is: 40ки'); the tag token is ' ки', so add the space
+    return re.sub(r"\s*" + data.STEP_TAG, " " + data.STEP_TAG, text)
+
+
+def parse_math_shepherd(rec: dict, where: str) -> StepExample:
+    """{'input': '... ки ... ки', 'label': the same text with each ки replaced by + or -}."""
+    # the label text is the input with each tag replaced by one character: walk both in step
+    parts = rec["input"].split(data.STEP_TAG)
+    label, labels, pos = rec["label"], [], 0
+    for k, part in enumerate(parts[:-1]):
+        if label[pos:pos + len(part)] != part or label[pos + len(part):pos + len(part) + 1] not in ("+", "-"):
+            raise InputError(f"{where}: field 'label' is not field 'input' with step {k + 1}'s tag replaced by + or -")
+        pos += len(part)
+        labels.append(1.0 if label[pos] == "+" else 0.0)
+        pos += 1
+    if not labels:
+        raise InputError(f"{where}: field 'input' has no step tag {data.STEP_TAG!r}")
+    return StepExample(_normalise_tags(rec["input"]), labels, labels[-1])
+
+
+def parse_stepwise(rec: dict, where: str) -> StepExample:
+    """TRL's {'prompt', 'completions': [step, ...], 'labels': [bool or float, ...]}."""
+    steps, labels = rec["completions"], rec["labels"]
+    if not steps:
+        raise InputError(f"{where}: field 'completions' has no steps")
+    if len(steps) != len(labels):
+        raise InputError(f"{where}: field 'labels' has {len(labels)} entries for {len(steps)} completions")
+    labels = [float(x) for x in labels]
+    return StepExample(data.format_prompt(rec["prompt"]) + data.join_steps(steps), labels, labels[-1])
+
+
+def parse_record(rec: dict, where: str, labels: str = "hard") -> StepExample:
+    """One of our `label` records (question, steps, hard, soft, correct)."""
+    if not rec["steps"]:
+        raise InputError(f"{where}: field 'steps' is empty")
+    return StepExample(data.format_prompt(rec["question"]) + data.join_steps(rec["steps"]),
+                       [float(x) for x in rec[labels]], float(rec["correct"]), rec.get("id", ""))
+
+
+def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExample]:
+    """Any of the three formats, told apart by their fields."""
+    out = []
+    for n, rec in read_jsonl(path):
+        where = f"{path}:{n}"
+        try:
+            if "input" in rec and "label" in rec:
+                out.append(parse_math_shepherd(rec, where))
+            elif "completions" in rec:
+                out.append(parse_stepwise(rec, where))
+            elif "steps" in rec:
+                out.append(parse_record(rec, where, labels))
+            else:
+                raise InputError(f"{where}: expected fields input+label, prompt+completions+labels, or question+steps")
+        except KeyError as e:
+            raise InputError(f"{where}: missing field {e.args[0]!r}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training: one loop for every objective
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    targets: list[float]  # sft: unused; prm/orm: one label per supervised tag
+    loss_from: int = 0  # sft: first position whose NEXT token is supervised (the response starts after it)
+    tag_mask: list[bool] | None = None  # prm/orm: which tag positions are supervised
+
+
+def encode_sft(tok: Tokenizer, prompt: str, response: str) -> Example:
+    """Prompt tokens exactly as the sampler will see them, then the response and EOS."""
+    p = tok.encode(prompt)
+    full = tok.encode(prompt + response, eos=False)
+    resp = full[len(p):] if full[:len(p)] == p else tok.encode(response, bos=False, eos=False)
+    return Example(p + resp + [tok.eos_id], [], loss_from=len(p) - 1)
+
+
+def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str, where: str = "") -> Example:
+    ids = tok.encode(ex.text)
+    tags = [i for i, t in enumerate(ids) if t == head.tag_id]
+    if len(tags) != len(ex.labels):
+        raise InputError(f"{where or ex.id}: {len(ex.labels)} labels but {len(tags)} step tags after tokenization")
+    if objective == "orm":  # Math-Shepherd Eq. 1: ORM, one BCE on the whole solution, read at its last tag
+        mask = [i == tags[-1] for i in range(len(ids))]
+        return Example(ids, [ex.outcome], tag_mask=mask)
+    mask = [t == head.tag_id for t in ids]  # Eq. 2: PRM, a BCE term for every step
+    return Example(ids, list(ex.labels), tag_mask=mask)
+
+
+def collate(batch: list[Example], pad_id: int, device) -> dict:
+    S = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), S), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros(len(batch), S, dtype=torch.bool)  # kept apart from labels: -100 never becomes True
+    targets = []
+    for b, e in enumerate(batch):
+        ids[b, :len(e.ids)] = torch.tensor(e.ids)
+        if e.tag_mask is None:
+            loss_mask[b, e.loss_from:len(e.ids) - 1] = True
+        else:
+            loss_mask[b, :len(e.ids)] = torch.tensor(e.tag_mask)
+            targets += e.targets
+    return {"ids": ids.to(device), "mask": loss_mask.to(device),
+            "targets": torch.tensor(targets, dtype=torch.float32, device=device)}
+
+
+def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
+    """Mean loss over supervised positions, plus what evaluation needs (per-step probabilities and targets)."""
+    ids, mask = batch["ids"], batch["mask"]
+    if objective == "sft":  # next-token cross-entropy on the response tokens
+        logits = model(ids)[:, :-1]
+        m = mask[:, :-1]
+        loss = F.cross_entropy(logits[m].float(), ids[:, 1:][m])
+        return loss, None, None
+    # PRM/ORM: r = p(+) = softmax([l+, l-])[0] = sigmoid(l+ - l-) at the tag, the SAME step_logits used to score.
+    # Math-Shepherd Eq. 2: L_PRM = sum_i y_i log r_i + (1 - y_i) log(1 - r_i) (negated); soft y_i allowed.
+    logits = step_logits(model, ids, head)[mask]
+    margin = logits[:, 0] - logits[:, 1]
+    loss = F.binary_cross_entropy_with_logits(margin, batch["targets"])
+    return loss, margin.sigmoid().detach(), batch["targets"]
+
+
+def auc(scores: list[float], labels: list[float]) -> float:
+    """Area under the ROC curve (labels thresholded at 0.5): P(score of a positive > score of a negative)."""
+    pos = [s for s, y in zip(scores, labels) if y >= 0.5]
+    neg = [s for s, y in zip(scores, labels) if y < 0.5]
+    if not pos or not neg:
+        return float("nan")
+    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):  # average ranks over ties
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        rank_sum += sum(1 for k in range(i, j) if ranked[k][1]) * (i + j + 1) / 2
+        i = j
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int, min_lr: float) -> float:
+    """Linear warmup, then cosine decay to min_lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+SCRATCH_SIZES = {  # (hidden, layers, heads, kv heads, mlp): Mistral-shaped models small enough for a CPU
+    "tiny": (128, 4, 4, 2, 384),
+    "small": (256, 6, 8, 4, 768),
+}
+
+
+def scratch_model(size: str, tok: Tokenizer, max_len: int) -> Transformer:
+    h, layers, heads, kv, mlp = SCRATCH_SIZES[size]
+    cfg = ModelConfig(model_type="mistral", vocab_size=tok.vocab_size, hidden_size=h, intermediate_size=mlp,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                      max_position_embeddings=max_len, sliding_window=None, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    model = Transformer(cfg)
+    for name, p in model.named_parameters():  # GPT-2 style init: small normal weights, unit norms
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1))
+    return model
+
+
+def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[tuple[str, Example]]:
+    """(id, example) pairs for the objective, from --data or from the task's own SFT records."""
+    if args.objective == "sft":
+        if args.data:
+            rows = [(f"{args.data}:{n}", r) for n, r in read_jsonl(args.data, ("prompt", "response"))]
+        else:
+            task = data.get_task(args.task)
+            if not hasattr(task, "sft_records"):
+                raise InputError(f"task {args.task!r} has no SFT records; pass --data FILE with prompt/response")
+            rows = [(f"{args.task}-sft-{i}", r) for i, r in enumerate(task.sft_records("train", args.num_examples))]
+        return [(i, encode_sft(tok, r["prompt"], r["response"])) for i, r in rows]
+    if not args.data:
+        raise InputError(f"--objective {args.objective} needs --data FILE (label records, Math-Shepherd or stepwise)")
+    exs = read_step_examples(args.data, args.labels)
+    return [(e.id or f"{args.data}:{k}", encode_steps(tok, head, e, args.objective, f"{args.data} record {k + 1}"))
+            for k, e in enumerate(exs)]
+
+
+def cmd_train(args) -> int:
+    d = init_distributed(args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    state_file = out / "trainer_state.pt"
+    resume = state_file.exists() and not args.restart
+    if (out / "trainer_state.json").exists() and not args.restart:
+        print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
+        return 0
+    # the model: a checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one with the task's tokenizer
+    if resume:
+        model = Transformer.from_pretrained(out)
+        tok_dir = out
+    elif args.model == "scratch":
+        task = data.get_task(args.task)
+        tok_dir = out.parent / f".{out.name}.tokenizer"
+        if d.main:
+            task.build_tokenizer(tok_dir)
+        barrier(d)
+        torch.manual_seed(args.seed)
+        model = scratch_model(args.scratch_size, Tokenizer(tok_dir), args.max_len)
+    else:
+        model = Transformer.from_pretrained(args.model)
+        tok_dir = model.source_dir
+    tok = Tokenizer(tok_dir)
+    if tok.pad_id is None or tok.pad_id == tok.eos_id:
+        tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked; any id will do here
+    head = PRMHead.from_tokenizer(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
+    model = model.to(d.device).float() if d.device == "cpu" else model.to(d.device)
+    examples = load_training_examples(args, tok, head)
+    too_long = [i for i, e in examples if len(e.ids) > model.config.max_position_embeddings]
+    if too_long:
+        raise InputError(f"{too_long[0]}: more tokens than the model's context "
+                         f"({model.config.max_position_embeddings}); {len(too_long)} such example(s)")
+    # held-out split by a hash of the id: stable across runs, resumes and world sizes
+    held = [e for i, e in examples if seed_for("heldout", i) % 1000 < args.heldout * 1000]
+    train = [e for i, e in examples if seed_for("heldout", i) % 1000 >= args.heldout * 1000]
+    if not train:
+        raise InputError("no training examples")
+    raw = model
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    decay = [p for p in raw.parameters() if p.dim() >= 2]
+    no_decay = [p for p in raw.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    step = 0
+    if resume:
+        st = torch.load(state_file, map_location="cpu", weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        step = int(st["step"])
+        if d.main:
+            print(f"resuming {out} at step {step}")
+    per_rank = args.batch_size // (d.world * args.grad_accum)
+    if per_rank * d.world * args.grad_accum != args.batch_size:
+        raise InputError(f"--batch-size {args.batch_size} must be a multiple of world size x --grad-accum")
+    log = open(out.parent / f"{out.name}.log.jsonl", "a") if d.main else None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+    def batch_for(step: int, micro: int) -> dict:
+        # the global batch of a step is a fixed slice of a per-epoch permutation: resumable and world-size-free
+        start = (step * args.batch_size) % len(train)
+        epoch = (step * args.batch_size) // len(train)
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch)).tolist()
+        perm = perm + perm  # wrap around the epoch end
+        global_idx = perm[start:start + args.batch_size]
+        mine = global_idx[(micro * d.world + d.rank) * per_rank:(micro * d.world + d.rank + 1) * per_rank]
+        return collate([train[i] for i in mine], tok.pad_id, d.device)
+
+    def evaluate() -> dict:
+        model.eval()
+        losses, probs, targets = [], [], []
+        with torch.no_grad(), amp:
+            for i in range(0, len(held), args.eval_batch_size):
+                b = collate(held[i:i + args.eval_batch_size], tok.pad_id, d.device)
+                loss, p, t = objective_loss(raw, b, args.objective, head)
+                losses.append(loss.item())
+                if p is not None:
+                    probs += p.tolist()
+                    targets += t.tolist()
+        model.train()
+        res = {"heldout_loss": sum(losses) / max(1, len(losses))}
+        if probs:  # step-level accuracy (threshold 0.5) and AUC
+            res["heldout_step_acc"] = sum((p >= 0.5) == (t >= 0.5) for p, t in zip(probs, targets)) / len(probs)
+            res["heldout_auc"] = auc(probs, targets)
+        return res
+
+    def save(final: bool):
+        if not d.main:
+            return
+        extra = {}
+        if final:
+            extra["trainer_state.json"] = json.dumps({"step": step, "done": True}).encode()
+        else:
+            buf = io.BytesIO()
+            torch.save({"optimizer": opt.state_dict(), "step": step}, buf)
+            extra["trainer_state.pt"] = buf.getvalue()
+        raw.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
+
+    model.train()
+    bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step, total=args.steps)
+    t0 = time.time()
+    for step in bar:
+        lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        total = 0.0
+        for micro in range(args.grad_accum):
+            with amp:
+                loss, _, _ = objective_loss(model, batch_for(step, micro), args.objective, head)
+            (loss / args.grad_accum).backward()
+            total += loss.item() / args.grad_accum
+        if not math.isfinite(total):
+            raise RuntimeError(f"loss is {total} at step {step}; the last good checkpoint is {out}")
+        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
+        rec = {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm, "time": time.time() - t0}
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            rec.update(evaluate() if held else {})
+            bar.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
+        if log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            step += 1
+            save(final=False)
+            step -= 1
+    step = args.steps
+    save(final=True)
+    barrier(d)
+    if d.main:
+        print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, {time.time() - t0:.0f}s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labeling (Math-Shepherd §3.3): for every step of every solution, N completions from the prefix ending at that step
+
+
+def hard_label(correct: list[bool]) -> int:
+    """Math-Shepherd Eq. 3, hard estimation: 1 if ANY completion from this step reaches the gold answer."""
+    return int(any(correct))
+
+
+def soft_label(correct: list[bool]) -> float:
+    """Math-Shepherd Eq. 4, soft estimation: the FRACTION of completions that reach the gold answer."""
+    return sum(correct) / len(correct)
+
+
+@dataclass
+class Solution:
+    """A solution to label: its steps, and (when we sampled it) its tokens after the prompt."""
+    problem: data.Problem
+    index: int  # which of the problem's solutions
+    steps: list[str]
+    tokens: list[int] | None = None  # response tokens, ending with the last step's tag
+
+    @property
+    def id(self) -> str:
+        return f"{self.problem.id}/{self.index}"
+
+
+def step_ends(tokens: list[int], tag_id: int) -> list[int]:
+    """Positions (in `tokens`) of each step's tag."""
+    return [i for i, t in enumerate(tokens) if t == tag_id]
+
+
+def solution_tokens(tok: Tokenizer, sol: Solution, tag_id: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a solution, the response cut after its last tag (EOS and trailing text off)."""
+    prompt = tok.encode(data.format_prompt(sol.problem.question))
+    resp = sol.tokens
+    if resp is None:  # a solution read from a file: tokenise prompt + steps together, as the policy would write it
+        full = tok.encode(data.format_prompt(sol.problem.question) + data.join_steps(sol.steps))
+        resp = full[len(prompt):] if full[:len(prompt)] == prompt else tok.encode(data.join_steps(sol.steps), bos=False)
+    ends = step_ends(resp, tag_id)
+    return prompt, resp[:ends[-1] + 1] if ends else resp
+
+
+class Labeler:
+    """Labels the solutions of one problem at a time: a fixed unit of work, so results never depend on what else
+    shares a run (resume and torchrun shards give byte-identical records)."""
+
+    def __init__(self, args, task, generator, completer, tok: Tokenizer, tag_id: int):
+        from sampler import Sampler
+        self.args, self.task, self.tok, self.tag_id = args, task, tok, tag_id
+        self.gen = Sampler(generator, max_batch=args.batch_size) if generator is not None else None
+        self.comp = Sampler(completer, max_batch=args.batch_size)
+        self.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
+
+    def sample_solutions(self, problem: data.Problem) -> list[Solution]:
+        a, tok = self.args, self.tok
+        prompt = tok.encode(data.format_prompt(problem.question))
+        seeds = [seed_for(a.seed, problem.id, j, "solution") for j in range(a.num_solutions)]
+        outs = self.gen.generate([prompt] * a.num_solutions, a.max_new_tokens, temperature=a.temperature,
+                                 top_p=a.top_p, seeds=seeds)
+        self.stats["prefill_tokens"] += len(prompt) * a.num_solutions
+        sols = []
+        for j, o in enumerate(outs):
+            self.stats["generated_tokens"] += len(o.tokens)
+            steps = data.split_steps(tok.decode(o.tokens))
+            ends = step_ends(o.tokens, self.tag_id)
+            if not steps or len(ends) != len(steps):  # no tagged step at all, or text after the last tag
+                steps = steps[:len(ends)]
+            if not steps:
+                self.stats["skipped"] += 1
+                continue
+            sols.append(Solution(problem, j, steps, o.tokens[:ends[len(steps) - 1] + 1]))
+        return sols
+
+    def label(self, sols: list[Solution]) -> list[dict]:
+        """One prefill per solution; rollouts of every non-final step forked from it, N per step, sharing batches."""
+        a, tok = self.args, self.tok
+        seqs, prompt_lens, forks, seeds = [], [], [], []
+        for s, sol in enumerate(sols):
+            prompt, resp = solution_tokens(tok, sol, self.tag_id)
+            prompt_lens.append(len(prompt))
+            if len(prompt) + len(resp) + a.max_new_tokens > self.comp.model.config.max_position_embeddings:
+                raise InputError(f"{sol.id}: prompt + solution ({len(prompt) + len(resp)} tokens) + --max-new-tokens "
+                                 f"exceed the completer's context ({self.comp.model.config.max_position_embeddings})")
+            seqs.append(prompt + resp)
+            for k, end in enumerate(step_ends(resp, self.tag_id)[:-1]):  # the last step needs no rollouts
+                forks.append((s, len(prompt) + end + 1, k))
+                seeds.append([seed_for(a.seed, sol.id, k, n, "rollout") for n in range(a.num_completions)])
+        outs = self.comp.fork([list(x) for x in seqs], [(s, t) for s, t, _ in forks], a.num_completions,
+                              a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seeds=seeds)
+        self.stats["prefill_tokens"] += sum(map(len, seqs))
+        # per solution, per rolled-out step: each completion's final answer and whether the grader accepts it
+        answers = [[[] for _ in sol.steps[:-1]] for sol in sols]
+        correct = [[[] for _ in sol.steps[:-1]] for sol in sols]
+        for (s, t, k), group in zip(forks, outs):
+            for o in group:
+                self.stats["generated_tokens"] += len(o.tokens)
+                text = tok.decode(seqs[s][prompt_lens[s]:t] + o.tokens)  # the solution so far + this completion
+                answers[s][k].append(self.task.extract_answer(text))
+                correct[s][k].append(self.task.grade(text, sols[s].problem.answer))
+        records = []
+        for s, sol in enumerate(sols):
+            p = sol.problem
+            own = self.task.extract_answer(data.join_steps(sol.steps))
+            outcome = self.task.grade(data.join_steps(sol.steps), p.answer)
+            rec = {"id": sol.id, "problem_id": p.id, "question": p.question, "gold": p.answer, "steps": sol.steps,
+                   "answer": own, "correct": outcome,
+                   "hard": [hard_label(c) for c in correct[s]] + [int(outcome)],  # last step: its own answer
+                   "soft": [soft_label(c) for c in correct[s]] + [float(outcome)],
+                   "rollout_answers": answers[s], "rollout_correct": [[int(x) for x in c] for c in correct[s]]}
+            if hasattr(self.task, "step_truth"):
+                rec["truth"] = [int(x) for x in self.task.step_truth(p, sol.steps)]
+            records.append(rec)
+            self.stats["steps"] += len(sol.steps)
+            self.stats["rollouts"] += a.num_completions * (len(sol.steps) - 1)
+        self.stats["solutions"] += len(sols)
+        return records
+
+
+def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[data.Problem, list[Solution]]]:
+    """Solutions someone else generated: Math-Shepherd jsonl (input [+ label]) or stepwise (prompt + completions),
+    or our own records (question + steps). The gold answer comes from a 'gold'/'answer' field, or else from the
+    task's problem with the same question."""
+    known = {}
+    for split in ("train", "test"):
+        try:
+            known.update({p.question.strip(): p for p in task.load(split)})
+        except Exception:  # a task whose data is not available here: only explicit gold fields then
+            pass
+    units = []
+    for n, rec in read_jsonl(path):
+        where = f"{path}:{n}"
+        try:
+            if "input" in rec:
+                text = rec["input"]
+                cut = re.search(r"\s*Step 1:", text)
+                question = text[:cut.start()] if cut else text.split("\n", 1)[0]
+                steps = data.split_steps(text[len(question):])
+            elif "prompt" in rec:
+                question, steps = rec["prompt"], [c.strip() for c in rec["completions"]]
+            elif "question" in rec:
+                question, steps = rec["question"], rec["steps"]
+            else:
+                raise InputError(f"{where}: expected field 'input', 'prompt' or 'question'")
+            if not steps:
+                raise InputError(f"{where}: field {'input' if 'input' in rec else 'completions'}: the solution has no steps")
+            gold = rec.get("gold", rec.get("answer"))
+            problem = known.get(question.strip())
+            if problem is None:
+                if gold is None:
+                    raise InputError(f"{where}: field 'gold': no gold answer (and no {task.__name__} problem with this question)")
+                problem = data.Problem(str(rec.get("id", f"{Path(path).stem}-{n}")), question.strip(), str(gold))
+            elif gold is not None:
+                problem = data.Problem(problem.id, problem.question, str(gold), problem.meta)
+            problem = data.Problem(str(rec.get("id", f"{problem.id}@{Path(path).stem}-{n}")), problem.question,
+                                   problem.answer, problem.meta)
+            units.append((problem, [Solution(problem, 0, steps)]))
+        except InputError:
+            if not skip_bad:
+                raise
+            stats["skipped"] += 1
+    return units
+
+
+class Progress:
+    """Resumable output: records appended and flushed unit by unit; a sidecar file lists the finished units with the
+    byte offset where each one's records end. On restart, anything past the last finished unit (a torn line, a unit
+    cut off by SIGKILL) is cut away and redone."""
+
+    def __init__(self, path: Path):
+        self.path, self.side = path, path.parent / f".{path.name}.progress"
+        self.done, end = {}, 0
+        if self.side.exists() and self.path.exists():
+            for line in self.side.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[entry["unit"]] = end = entry["end"]
+                except (json.JSONDecodeError, KeyError):
+                    break  # a torn last line: that unit is redone
+        else:
+            self.side.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            f.truncate(end)
+        self.f, self.fside = open(self.path, "ab"), open(self.side, "a")
+
+    def write(self, unit: str, records: list[dict]):
+        self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+        self.f.flush()
+        self.fside.write(json.dumps({"unit": unit, "end": self.f.tell()}) + "\n")
+        self.fside.flush()
+
+    def close(self):
+        self.f.close()
+        self.fside.close()
+
+
+def export(records: list[dict], fmt: str, task_name: str, labels: str) -> str:
+    """Math-Shepherd's jsonl (tags replaced by +/- in 'label') or TRL's stepwise records."""
+    lines = []
+    for r in records:
+        if fmt == "math-shepherd":
+            body = [f"Step {i + 1}: {s} " for i, s in enumerate(r["steps"])]
+            mark = ["+" if y else "-" for y in r["hard"]]
+            lines.append({"input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
+                          "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
+                          "task": task_name})
+        else:
+            lines.append({"prompt": r["question"], "completions": r["steps"],
+                          "labels": [bool(y) for y in r["hard"]] if labels == "hard" else r["soft"]})
+    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+
+
+def quality_report(records: list[dict], max_n: int) -> dict:
+    """Label accuracy against the exact step truth (the synthetic world), for N = 1, 2, 4, ... completions: the
+    analogue of Math-Shepherd Table 4 / §5.2. Steps with rollouts only (a last step is graded, not estimated)."""
+    report = {}
+    for n in [k for k in (1, 2, 4, 8, 16, 32) if k <= max_n]:
+        for kind in ("hard", "soft"):
+            tp = fp = tn = fn = 0
+            for r in records:
+                for truth, c in zip(r["truth"], r["rollout_correct"]):
+                    y = hard_label(c[:n]) if kind == "hard" else int(soft_label(c[:n]) >= 0.5)
+                    tp, fp, tn, fn = tp + (y and truth), fp + (y and not truth), tn + (not y and not truth), fn + (not y and truth)
+            total = tp + fp + tn + fn
+            report[f"{kind}@{n}"] = {"N": n, "labels": kind, "steps": total,
+                                     "accuracy": (tp + tn) / total if total else float("nan"),
+                                     "false_positive_rate": fp / (fp + tn) if fp + tn else float("nan"),
+                                     "false_negative_rate": fn / (fn + tp) if fn + tp else float("nan")}
+    return report
+
+
+def show(records: list[dict], k: int):
+    """The teaching view: each step, its completions' final answers, the labels (and the truth)."""
+    for r in records[:k]:
+        print(f"\n=== {r['id']}  gold {r['gold']}  answer {r['answer']}  ({'correct' if r['correct'] else 'wrong'})")
+        print(r["question"])
+        for i, step in enumerate(r["steps"]):
+            truth = f"  truth {r['truth'][i]}" if "truth" in r else ""
+            if i < len(r["rollout_answers"]):
+                ans = " ".join("∅" if a is None else str(a) for a in r["rollout_answers"][i])
+                print(f"  step {i + 1}: {step:<34} completions → [{ans}]  hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
+            else:
+                print(f"  step {i + 1}: {step:<34} (last step: graded)  hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
+
+
+def cmd_label(args) -> int:
+    d = init_distributed(args.device)
+    t0 = time.time()
+    task = data.get_task(args.task)
+    out = Path(args.out)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model_path = args.model or getattr(task, "POLICY_DIR", None)
+    if model_path is None:
+        raise InputError(f"--model is required for task {args.task!r}")
+    if args.task == "synthetic" and model_path == task.POLICY_DIR and not Path(model_path, "config.json").exists():
+        raise InputError(f"{model_path}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
+    generator = None if args.solutions else Transformer.from_pretrained(model_path, dtype=dtype, device=d.device)
+    completer = generator if args.completer is None and generator is not None else \
+        Transformer.from_pretrained(args.completer or model_path, dtype=dtype, device=d.device)
+    tok = Tokenizer(completer.source_dir)
+    tag_id = tok.single_token(args.tag)
+    labeler = Labeler(args, task, generator, completer, tok, tag_id)
+    if args.solutions:
+        units = read_solutions(args.solutions, task, args.skip_bad, labeler.stats)
+    else:
+        units = [(p, None) for p in task.load(args.split)[:args.limit]]
+    mine = units[d.rank::d.world]  # a disjoint shard per rank; every unit is labeled alone, so shards merge exactly
+    shard = out if d.world == 1 else out.parent / f".{out.name}.rank{d.rank}-of-{d.world}"
+    prog = Progress(shard)
+    todo = [u for u in mine if u[0].id not in prog.done]
+    if d.main and len(todo) < len(mine):
+        print(f"resuming {out}: {len(mine) - len(todo)} of {len(mine)} problems already labeled")
+    t_work = time.time()
+    for problem, sols in progress(todo, d, desc="label", unit="problem"):
+        if sols is None:
+            sols = labeler.sample_solutions(problem)
+        prog.write(problem.id, labeler.label(sols) if sols else [])
+        labeler.stats["problems"] += 1
+    prog.close()
+    work_s = time.time() - t_work
+    stats = labeler.stats
+    if d.world > 1:  # rank 0 merges the shards in the single-process order
+        import torch.distributed as dist
+        gathered = [None] * d.world
+        dist.all_gather_object(gathered, stats)
+        stats = {k: sum(g[k] for g in gathered) for k in stats}
+        barrier(d)
+        if d.main:
+            by_unit = {}
+            for r in range(d.world):
+                part = out.parent / f".{out.name}.rank{r}-of-{d.world}"
+                for line in part.read_text().splitlines(keepends=True):
+                    by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
+            atomic_write(out, "".join("".join(by_unit.get(p.id, [])) for p, _ in units))
+            for r in range(d.world):
+                part = out.parent / f".{out.name}.rank{r}-of-{d.world}"
+                part.unlink()
+                (part.parent / f".{part.name}.progress").unlink()
+        barrier(d)
+    if not d.main:
+        return 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for fmt in args.format:
+        if fmt != "records":
+            atomic_write(out.with_suffix(f".{fmt}.jsonl"), export(records, fmt, args.task, args.export_labels))
+    if args.show:
+        show(records, args.show)
+    if records and "truth" in records[0]:
+        report = quality_report(records, args.num_completions)
+        atomic_write(out.with_suffix(".quality.json"), json.dumps(report, indent=2) + "\n")
+        print("\nlabel quality against the exact step truth (steps with rollouts):")
+        print(f"  {'N':>3} {'labels':<6} {'steps':>6} {'accuracy':>9} {'FP rate':>8} {'FN rate':>8}")
+        for r in report.values():
+            print(f"  {r['N']:>3} {r['labels']:<6} {r['steps']:>6} {r['accuracy']:>9.3f} "
+                  f"{r['false_positive_rate']:>8.3f} {r['false_negative_rate']:>8.3f}")
+    tokens = stats["generated_tokens"]
+    print(f"\nlabeled {stats['problems']} problems, {stats['solutions']} solutions, {stats['steps']} steps "
+          f"({stats['rollouts']} rollouts); skipped {stats['skipped']}")
+    print(f"tokens: {tokens} generated, {stats['prefill_tokens']} prefilled; {tokens / max(work_s, 1e-9):.0f} tok/s, "
+          f"{stats['steps'] / max(work_s, 1e-9):.1f} steps labeled/s; {time.time() - t0:.1f}s in all")
+    print(f"wrote {out} ({len(records)} records)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def not_built(name: str, issue: int):
+    def run(args) -> int:
+        print(f"shepherd.py {name}: not built yet (issue {issue}).", file=sys.stderr)
+        return 2
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a policy (sft), a process reward model (prm) or an outcome reward model (orm)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--objective", choices=["sft", "prm", "orm"], default="sft",
+                   help="sft: next-token loss on responses; prm: BCE at every step tag (Eq. 2); orm: BCE at the last tag (Eq. 1)")
+    t.add_argument("--model", default="scratch", help="checkpoint folder or hub repo id to start from, or 'scratch'")
+    t.add_argument("--scratch-size", choices=list(SCRATCH_SIZES), default="tiny", help="model size with --model scratch")
+    t.add_argument("--task", default="synthetic", choices=list(data.TASKS), help="task (SFT records; tokenizer for scratch)")
+    t.add_argument("--data", help="JSONL: sft {prompt, response}; prm/orm: label records, Math-Shepherd or stepwise")
+    t.add_argument("--labels", choices=["hard", "soft"], default="hard", help="which labels of label records to fit")
+    t.add_argument("--num-examples", type=int, default=None, help="cap on the task's SFT records")
+    t.add_argument("--out", required=True, help="output checkpoint folder (Hugging Face layout); resumed if it has a trainer state")
+    t.add_argument("--restart", action="store_true", help="ignore an existing trainer state in --out")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=32, help="global batch (examples per optimizer step)")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--eval-batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule ends at lr x this")
+    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    t.add_argument("--heldout", type=float, default=0.05, help="fraction of examples held out (by a hash of their id)")
+    t.add_argument("--eval-every", type=int, default=200)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--max-len", type=int, default=256, help="context length of a scratch model")
+    t.add_argument("--tag", default=data.STEP_TAG, help="step tag token (PRM/ORM)")
+    t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer'")
+    t.add_argument("--bad", default="-", help="token meaning 'it cannot'")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.set_defaults(func=cmd_train)
+
+    lab = sub.add_parser("label", help="automatic process annotation by Monte-Carlo completions (Math-Shepherd §3.3)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="For each problem, sample solutions; from the prefix ending at every step sample N "
+                                     "completions; grade them; label the step hard (Eq. 3: any right) and soft (Eq. 4: "
+                                     "fraction right). Resumable: rerun the same command to continue.")
+    lab.add_argument("--task", default="synthetic", choices=list(data.TASKS))
+    lab.add_argument("--split", default="train", help="which problems of the task to label")
+    lab.add_argument("--limit", type=int, default=24, help="label the first LIMIT problems")
+    lab.add_argument("--model", default=None, help="generator of the solutions (default: the synthetic world's tiny policy)")
+    lab.add_argument("--completer", default=None, help="model for the rollouts (default: the generator)")
+    lab.add_argument("--solutions", default=None, help="label these solutions instead of sampling (Math-Shepherd or stepwise jsonl)")
+    lab.add_argument("--num-solutions", type=int, default=4, help="solutions sampled per problem")
+    lab.add_argument("--num-completions", type=int, default=8, help="N, completions per step (the paper: 8)")
+    lab.add_argument("--temperature", type=float, default=0.7)
+    lab.add_argument("--top-p", type=float, default=1.0)
+    lab.add_argument("--max-new-tokens", type=int, default=128, help="per solution and per completion")
+    lab.add_argument("--batch-size", type=int, default=64, help="rows per sampler batch")
+    lab.add_argument("--seed", type=int, default=0, help="every record's seed derives from this and its id")
+    lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and the quality report go beside it")
+    lab.add_argument("--format", nargs="+", default=["records"], choices=["records", "math-shepherd", "stepwise"],
+                     help="extra exports written beside --out")
+    lab.add_argument("--export-labels", choices=["hard", "soft"], default="hard", help="labels in the stepwise export")
+    lab.add_argument("--show", type=int, default=0, metavar="K", help="print K worked examples")
+    lab.add_argument("--skip-bad", action="store_true", help="count and skip bad input records instead of stopping")
+    lab.add_argument("--tag", default=data.STEP_TAG)
+    lab.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    lab.add_argument("--device", default=None)
+    lab.set_defaults(func=cmd_label)
+    v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, weighted voting")
+    v.set_defaults(func=not_built("verify", 6))
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
