@@ -479,11 +479,13 @@ class Tokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def single_token(self, text: str) -> int:
-        """The id of a string that must encode to exactly one token (a step tag, '+', '-')."""
-        ids = self.tok.encode(text, add_special_tokens=False).ids
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is not a single token for this tokenizer: {ids}")
-        return ids[0]
+        """The id of `text` as it appears after a space inside a solution ('... = 7 ки'), which must be ONE token:
+        with Mistral's tokenizer 'ки' -> '▁ки' (12902), '+' -> '▁+' (648), '-' -> '▁-' (387)."""
+        base = self.tok.encode("1", add_special_tokens=False).ids
+        ids = self.tok.encode(f"1 {text}", add_special_tokens=False).ids
+        if ids[:len(base)] != base or len(ids) != len(base) + 1:
+            raise ValueError(f"{text!r} after a space is not a single token for this tokenizer: {ids[len(base):]}")
+        return ids[-1]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -342,7 +342,7 @@ class Sampler:
         return nb
 
     def _collect(self, n: int, stop: set[int]) -> list[Completion]:
-        tokens, lps, slps = (t[:n].tolist() for t in self.out)
+        tokens, lps, slps = (t[:n, :-1].tolist() for t in self.out)  # without the spare row and column
         done = []
         for tok, lp, slp in zip(tokens, lps, slps):
             k = sum(1 for x in tok if x >= 0)  # tokens fill columns 0..k-1

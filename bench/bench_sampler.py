@@ -1,0 +1,186 @@
+"""Generation speed: sampler.py against transformers' generate, measured in the same run. Prints tables.
+
+    python bench/bench_sampler.py [--threads 1] [--new 128]
+
+CPU: a few-M-parameter Mistral-shaped model with random weights, batch 16, equal-length prompts, a fixed number of new
+tokens (no eos), greedy (the tokens are compared too) and sampled. GPU (when CUDA is there): random bf16 weights of
+the real Mistral-7B shape; batch-1 decode against the HBM roofline (copy bandwidth measured here), and batch 64 with
+CUDA graphs on and off against transformers. A benchmark, not a test: it asserts nothing.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from model import ModelConfig, Transformer  # noqa: E402
+from sampler import Sampler  # noqa: E402
+
+MISTRAL_7B = ROOT.parent / "shared" / "data" / "mistral-7b-v0.1" / "config.json"
+SMALL = dict(model_type="mistral", vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+             num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096, sliding_window=4096,
+             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed runs (after one untimed warm-up), synchronising CUDA around each."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def hf_generate(hf, ids, new):
+    """transformers' greedy generate of exactly `new` tokens (no eos), equal-length prompts (no padding)."""
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, pad_token_id=0)
+    return out[:, ids.shape[1]:]
+
+
+def table(rows, head):
+    print(" | ".join(head))
+    print(" | ".join("-" * len(h) for h in head))
+    for r in rows:
+        print(" | ".join(str(x) for x in r))
+    print()
+
+
+@torch.no_grad()
+def cpu_section(args):
+    try:
+        import transformers
+    except ImportError:
+        print("CPU: transformers is not installed; skipped\n")
+        return
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(**{k: v for k, v in SMALL.items() if k != "model_type"}, attn_implementation="sdpa")
+    hf = transformers.MistralForCausalLM(cfg).eval()
+    hf.generation_config.eos_token_id = None
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = Transformer.from_pretrained(d)
+    ours.config.eos_token_id = None  # a fixed number of new tokens on both sides
+    B, P, N = 16, 64, args.new
+    ids = torch.randint(3, SMALL["vocab_size"], (B, P), generator=torch.Generator().manual_seed(1))
+    prompts = ids.tolist()
+    sampler = Sampler(ours, max_batch=B, max_len=P + N)
+    params = sum(p.numel() for p in ours.parameters())
+    print(f"CPU: {params / 1e6:.1f}M parameters, batch {B}, prompt {P}, {N} new tokens, {torch.get_num_threads()} thread(s)")
+    t_hf = best_time(lambda: hf_generate(hf, ids, N), args.repeats)
+    t_greedy = best_time(lambda: sampler.generate(prompts, N, temperature=0), args.repeats)
+    t_sampled = best_time(lambda: sampler.generate(prompts, N, temperature=1.0, top_p=0.95, seed=0), args.repeats)
+    same = [o.tokens for o in sampler.generate(prompts, N, temperature=0)] == hf_generate(hf, ids, N).tolist()
+    tps = lambda t: f"{B * N / t:,.0f}"  # noqa: E731
+    table([("transformers generate (greedy)", f"{t_hf:.3f}", tps(t_hf), "1.00x"),
+           ("sampler.py greedy", f"{t_greedy:.3f}", tps(t_greedy), f"{t_hf / t_greedy:.2f}x"),
+           ("sampler.py temperature 1, top-p 0.95", f"{t_sampled:.3f}", tps(t_sampled), f"{t_hf / t_sampled:.2f}x")],
+          ["CPU", "seconds", "new tokens/s", "vs transformers"])
+    print(f"greedy tokens identical to transformers': {same}\n")
+
+
+def hbm_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy (each byte is read once and written once)."""
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    t = best_time(lambda: [y.copy_(x) for _ in range(10)], 3)
+    return 2 * x.numel() * 10 / t
+
+
+def random_mistral_7b():
+    """Mistral-7B's shape with random bf16 weights, built on meta and materialised straight on the GPU."""
+    cfg = ModelConfig.from_json(MISTRAL_7B)
+    with torch.device("meta"):
+        model = Transformer(cfg).to(torch.bfloat16)
+    model = model.to_empty(device="cuda").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0) if "norm" in name else p.normal_(0, 0.02)
+    return model
+
+
+@torch.no_grad()
+def gpu_section(args):
+    if not torch.cuda.is_available():
+        print("GPU: no CUDA device here; skipped\n")
+        return
+    model = random_mistral_7b()
+    model.config.eos_token_id = None
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = hbm_bandwidth()
+    roofline = bandwidth / weight_bytes
+    print(f"GPU: {torch.cuda.get_device_name()}, Mistral-7B shape, bf16, {weight_bytes / 1e9:.2f} GB of weights; "
+          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s -> batch-1 roofline {roofline:.0f} tok/s")
+    P, N = 128, args.new
+    g = torch.Generator().manual_seed(1)
+    rows = []
+
+    # batch 1: decode speed alone, from the difference between N new tokens and 1 (the prefill cancels out)
+    prompt = torch.randint(3, 32000, (1, P), generator=g).tolist()
+    for graphs in (True, False):
+        s = Sampler(model, max_batch=1, max_len=P + N, cuda_graphs=graphs)
+        t_n = best_time(lambda: s.generate(prompt, N, temperature=0), args.repeats)
+        t_1 = best_time(lambda: s.generate(prompt, 1, temperature=0), args.repeats)
+        tps = (N - 1) / (t_n - t_1)
+        rows.append((f"batch 1, graphs {'on' if graphs else 'off'}", f"{tps:,.0f}", f"{100 * tps / roofline:.0f}% of roofline"))
+        del s
+
+    # batch 64: ours with graphs on and off, and transformers
+    B = 64
+    ids = torch.randint(3, 32000, (B, P), generator=g)
+    results = {}
+    for graphs in (True, False):
+        s = Sampler(model, max_batch=B, max_len=P + N, cuda_graphs=graphs)
+        results[graphs] = best_time(lambda: s.generate(ids.tolist(), N, temperature=0), args.repeats)
+        del s
+    try:
+        import transformers
+        hf_cfg = transformers.MistralConfig.from_pretrained(MISTRAL_7B.parent)
+        hf_cfg._attn_implementation = "sdpa"
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device("cuda"):
+                hf = transformers.MistralForCausalLM(hf_cfg).eval()
+        finally:
+            torch.set_default_dtype(torch.float32)
+        hf.load_state_dict(model.state_dict())
+        hf.generation_config.eos_token_id = None
+        t_hf = best_time(lambda: hf_generate(hf, ids.cuda(), N), args.repeats)
+    except ImportError:
+        t_hf = None
+    for graphs in (True, False):
+        t = results[graphs]
+        vs = f"{t_hf / t:.2f}x" if t_hf else "n/a"
+        rows.append((f"batch {B}, graphs {'on' if graphs else 'off'}", f"{B * N / t:,.0f}", f"{vs} transformers"))
+    if t_hf:
+        rows.append((f"batch {B}, transformers generate", f"{B * N / t_hf:,.0f}", "1.00x"))
+    table(rows, ["GPU (greedy, prompt 128)", "new tokens/s", "note"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable numbers on a shared machine)")
+    ap.add_argument("--new", type=int, default=128, help="new tokens per row")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-cpu", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}\n")
+    if not args.skip_cpu:
+        cpu_section(args)
+    gpu_section(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""shepherd.py train: the one training loop (sft / prm / orm), its resume, and the PRM positions."""
+import json
+
+import pytest
+import torch
+
+import data
+import shepherd
+from data import synthetic
+from model import PRMHead, Tokenizer, Transformer, step_scores
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    synthetic.build_tokenizer(d)
+    return d
+
+
+def log_of(out):
+    return [json.loads(x) for x in (out.parent / f"{out.name}.log.jsonl").read_text().splitlines()]
+
+
+def test_short_sft_run_lowers_heldout_loss(tmp_path):
+    out = tmp_path / "sft"
+    rc = shepherd.main(["train", "--objective", "sft", "--out", str(out), "--steps", "20", "--num-examples", "400",
+                        "--batch-size", "16", "--eval-every", "10", "--heldout", "0.1", "--lr", "2e-3", "--warmup", "5"])
+    assert rc == 0
+    evals = [r["heldout_loss"] for r in log_of(out) if "heldout_loss" in r]
+    chance = torch.log(torch.tensor(float(Tokenizer(out).vocab_size))).item()  # 5.31: a uniform guess
+    print(f"held-out loss: chance {chance:.3f}, step 10 {evals[0]:.3f}, step 20 {evals[1]:.3f}")
+    assert len(evals) == 2 and evals[1] < evals[0] < chance - 1.5
+    assert json.loads((out / "trainer_state.json").read_text()) == {"step": 20, "done": True}
+    m = Transformer.from_pretrained(out)  # Hugging Face layout, with the tokenizer beside it
+    assert Tokenizer(out).vocab_size == m.config.vocab_size
+
+
+def test_resume_continues_with_the_same_optimizer_state(tmp_path, monkeypatch):
+    args = ["train", "--objective", "sft", "--num-examples", "200", "--batch-size", "8", "--steps", "12",
+            "--save-every", "6", "--eval-every", "100", "--warmup", "2"]
+    assert shepherd.main(args + ["--out", str(tmp_path / "a")]) == 0
+    real_save = Transformer.save_pretrained
+
+    def save_then_die(self, path, *a, **kw):  # the first (intermediate) checkpoint lands, then the run "crashes"
+        real_save(self, path, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Transformer, "save_pretrained", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        shepherd.main(args + ["--out", str(tmp_path / "b")])
+    monkeypatch.setattr(Transformer, "save_pretrained", real_save)
+    st = torch.load(tmp_path / "b" / "trainer_state.pt", weights_only=True)
+    assert st["step"] == 6 and len(st["optimizer"]["state"]) > 0
+    assert shepherd.main(args + ["--out", str(tmp_path / "b")]) == 0
+    a, b = Transformer.from_pretrained(tmp_path / "a"), Transformer.from_pretrained(tmp_path / "b")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k  # bit-identical to the uninterrupted run
+    losses_a = [r["loss"] for r in log_of(tmp_path / "a")]
+    losses_b = [r["loss"] for r in log_of(tmp_path / "b")]
+    assert losses_b == losses_a
+
+
+def _tiny(tok_dir):
+    torch.manual_seed(0)
+    tok = Tokenizer(tok_dir)
+    return shepherd.scratch_model("tiny", tok, 256).eval(), tok, PRMHead.from_tokenizer(tok)
+
+
+def test_prm_loss_reads_the_positions_inference_scores(tok_dir):
+    model, tok, head = _tiny(tok_dir)
+    exs = [shepherd.StepExample(data.format_prompt("Tom has 3 apples.") + data.join_steps(["3 + 4 = 7", "The answer is: 7"]),
+                                [1.0, 0.0], 0.0),
+           shepherd.StepExample(data.format_prompt("Ann has 2 boxes.") + data.join_steps(["2 * 5 = 10", "10 - 1 = 9",
+                                                                                          "The answer is: 9"]),
+                                [1.0, 0.5, 1.0], 1.0)]
+    enc = [shepherd.encode_steps(tok, head, e, "prm") for e in exs]
+    batch = shepherd.collate(enc, tok.pad_id, "cpu")
+    with torch.no_grad():
+        loss, probs, targets = shepherd.objective_loss(model, batch, "prm", head)
+        scores = step_scores(model, batch["ids"], head)
+    assert probs.tolist() == pytest.approx([s for row in scores for s in row], abs=1e-6)
+    assert targets.tolist() == [1.0, 0.0, 1.0, 0.5, 1.0]
+    # the loss is the mean BCE of those very probabilities (Math-Shepherd Eq. 2)
+    want = -sum(y * torch.log(p) + (1 - y) * torch.log(1 - p) for p, y in zip(probs, targets)) / 5
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    # ORM (Eq. 1): only the last tag of each solution, with the outcome label
+    orm = shepherd.collate([shepherd.encode_steps(tok, head, e, "orm") for e in exs], tok.pad_id, "cpu")
+    assert orm["mask"].sum(1).tolist() == [1, 1] and orm["targets"].tolist() == [0.0, 1.0]
+    last_tags = [max(i for i, t in enumerate(e.ids) if t == head.tag_id) for e in enc]
+    assert [int(orm["mask"][b].nonzero()) for b in range(2)] == last_tags
+
+
+def test_step_label_count_mismatch_is_a_clear_error(tok_dir):
+    _, tok, head = _tiny(tok_dir)
+    ex = shepherd.StepExample("Q\n1 + 1 = 2 ки", [1.0, 0.0], 0.0, id="rec-7")
+    with pytest.raises(shepherd.InputError, match="rec-7: 2 labels but 1 step tags"):
+        shepherd.encode_steps(tok, head, ex, "prm")
+
+
+def test_lr_schedule_and_auc():
+    assert shepherd.lr_at(0, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert shepherd.lr_at(9, 100, 1.0, 10, 0.1) == pytest.approx(1.0)
+    assert shepherd.lr_at(55, 100, 1.0, 10, 0.1) == pytest.approx(0.55)  # halfway down the cosine
+    assert shepherd.lr_at(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert shepherd.auc([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0]) == 1.0
+    assert shepherd.auc([0.1, 0.2, 0.8], [1, 0, 0]) == 0.0
+    assert shepherd.auc([0.5, 0.5, 0.5, 0.9], [1, 0, 1, 0]) == pytest.approx(0.25)  # ties count half
