@@ -7,10 +7,11 @@ Read top to bottom:
                  on chunking: a labeling job can stop and resume and get the same rollouts. (A torch.Generator per
                  row would do the same, slowly, and could not live inside a CUDA graph.)
   2. sample()  - logits -> token by inverse CDF: temperature, then top-k, then top-p (nucleus) cut the distribution,
-                 and the row's uniform u picks the first token whose cumulative probability exceeds u. Temperature 0 is
-                 greedy. It also returns the log-probabilities of the chosen tokens (see its docstring for which).
-  3. Sampler   - owns a static KV cache of (max_batch, max_len) on the model's device and dtype, and on CUDA the
-                 captured decode graphs. One call:
+                 and the row's uniform u picks the first token whose cumulative probability exceeds u (one hash per
+                 row and step; Gumbel-max would need one per vocabulary entry). Temperature 0 is greedy. It returns
+                 the log-probabilities of the chosen tokens under the raw model AND under the distribution sampled.
+  3. Sampler   - owns a static KV cache of (max_batch rows, positions) on the model's device and dtype, and on CUDA
+                 the captured decode graphs. One call:
        prefill   every sequence a batch needs is run ONCE, right-padded, each row at its own absolute positions
                  (the causal mask keeps real tokens from seeing the padding after them). Only the hidden states at
                  the positions we sample from go through the LM head.
@@ -23,7 +24,9 @@ Read top to bottom:
                  to the front (cache rows included). A row ends after a stop token (eos or stop_ids, which IS
                  returned, with its log-prob) or its own max_new_tokens.
        graphs    on CUDA the decode step (forward + sampling) is captured once per (batch bucket, kv-length bucket)
-                 and replayed; inputs live in static buffers. Everywhere else the same function runs eagerly.
+                 and replayed; inputs live in static buffers. Everywhere else the same function runs eagerly. The
+                 kv length is bucketed (powers of two) rather than always the cache's length, so attention does not
+                 read the whole cache at every step of a short generation.
   4. generate / fork_generate / generate_from_prefixes - thin wrappers that size a Sampler to one call.
 """
 from __future__ import annotations
@@ -41,6 +44,9 @@ MASK32, MASK64 = 0xFFFFFFFF, (1 << 64) - 1
 
 @dataclass
 class Completion:
+    """One row's result. For PPO: `logprobs` is log pi(token) of the model itself (temperature 1, unfiltered), which
+    is what a training forward pass recomputes; `sampling_logprobs` is the log-prob of the distribution the token was
+    actually drawn from (with no top-k/top-p it equals log_softmax(logits / temperature) at the token)."""
     tokens: list[int]  # the new tokens; a stop token that ended the row is the last one
     logprobs: list[float]  # log p(token) under the raw model (temperature 1, no top-k/top-p): what a forward recomputes
     sampling_logprobs: list[float]  # log q(token) under the distribution sampled from (temperature, top-k, top-p); 0 if greedy
@@ -144,10 +150,19 @@ class _Row:  # one sequence to continue: sequences[seq][:prefix], then up to max
     max_new: int
     seed: int
 
+    def __post_init__(self):
+        self.seed = int(self.seed) & (2**63 - 1)  # any Python int: kept non-negative and inside int64
+
 
 class Sampler:
-    """A static KV cache for (max_batch rows, max_len positions) on the model's device and dtype, plus, on CUDA,
-    the captured decode graphs. Build one and reuse it across calls (graphs are captured on first use)."""
+    """A static KV cache of max_batch rows on the model's device and dtype, plus, on CUDA, the captured decode
+    graphs. Build one and reuse it across calls (graphs are captured on first use); more rows than max_batch run in
+    chunks. A row needs prompt + max_new_tokens <= max_len (capped at the model's max_position_embeddings).
+
+    The cache is allocated at the first call, as long as that call needs (on CUDA rounded up to a power of two),
+    and reallocated only when a later call needs more (which drops the captured graphs): max_len is a limit, not
+    an allocation. It holds 2 * layers * kv_heads * head_dim elements per row and position: Mistral-7B in bf16,
+    128 KiB, so 64 rows x 2048 positions take 16 GiB."""
 
     STATE = ("tok", "pos", "count", "seed", "top_k", "max_new", "row", "temp", "top_p", "done")
 
@@ -156,14 +171,12 @@ class Sampler:
         p = next(model.parameters())
         self.model, self.device, cfg = model, p.device, model.config
         self.max_batch, self.max_len = max_batch, min(max_len, cfg.max_position_embeddings)
-        self.cache = KVCache(cfg, max_batch, self.max_len, p.dtype, p.device)
+        self.cache, self.cache_len = None, 0
         self.prefill_tokens = prefill_tokens  # tokens per prefill forward (bounds the attention scores' memory)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
         self.graphs = {} if (cuda_graphs is None and self.device.type == "cuda") or cuda_graphs else None
         self.pool = torch.cuda.graph_pool_handle() if self.graphs is not None else None
-        eos = cfg.eos_token_id
-        self.eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         # Per-row state, indexed by batch row == cache row. Static tensors: a CUDA graph reads them at fixed addresses.
         dtypes = dict(temp=torch.float, top_p=torch.float, done=torch.bool)
         self.state = {k: torch.zeros(max_batch, dtype=dtypes.get(k, torch.long), device=self.device) for k in self.STATE}
@@ -174,13 +187,16 @@ class Sampler:
     def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, stop_ids=(), seed: int | None = None,
                  seeds: list[int] | None = None) -> list[Completion]:
-        """One Completion per prompt. Row i draws with seeds[i], else child_seed(seed, i); seed None draws a base
-        seed from torch's global generator (so torch.manual_seed makes a call reproducible)."""
+        """One Completion per prompt: up to max_new_tokens (one int, or one per prompt) new tokens. A row ends after
+        the model's eos or any of stop_ids (that token included) or at its limit. temperature 0 is greedy; top_k 0
+        and top_p 1 are off. Row i draws with seeds[i], else child_seed(seed, i); seed None draws a base seed from
+        torch's global generator (so torch.manual_seed makes a call reproducible)."""
         limits = _per_row(max_new_tokens, len(prompts), "max_new_tokens")
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         base = _base_seed(seed)
-        rows = [_Row(i, len(p), m, seeds[i] if seeds is not None else child_seed(base, i))
+        first: dict[tuple, int] = {}  # identical prompts (best-of-N) are prefilled once and forked
+        rows = [_Row(first.setdefault(tuple(p), i), len(p), m, seeds[i] if seeds is not None else child_seed(base, i))
                 for i, (p, m) in enumerate(zip(prompts, limits))]
         return self._run(prompts, rows, temperature, top_k, top_p, stop_ids)
 
@@ -216,8 +232,10 @@ class Sampler:
                 raise ValueError(f"row {i}: prefix length {r.prefix} not in [1, {len(seqs[r.seq])}] (empty prompt?)")
             if r.max_new < 0 or r.prefix + r.max_new > self.max_len:
                 raise ValueError(f"row {i}: {r.prefix} prompt + {r.max_new} new tokens do not fit max_len "
-                                 f"{self.max_len} (the cache length, at most max_position_embeddings)")
-        stop = sorted(set(self.eos) | set(stop_ids))
+                                 f"{self.max_len} (the Sampler's limit, at most max_position_embeddings)")
+        eos = self.model.config.eos_token_id  # int, list or None; read at each call
+        self._reserve(max((r.prefix + r.max_new for r in rows), default=0))
+        stop = sorted(({eos} if isinstance(eos, int) else set(eos or ())) | set(stop_ids))
         settings = (temperature, top_k, top_p, stop)
         out: list[Completion | None] = [Completion([], [], [], "length") if r.max_new == 0 else None for r in rows]
         todo = sorted((i for i, r in enumerate(rows) if r.max_new > 0), key=lambda i: rows[i].seq)  # group forks
@@ -322,9 +340,9 @@ class Sampler:
 
     def _emit(self, b: int, tokens, logprobs, sampling_logprobs):
         """Record the tokens just sampled for rows [0, b) and advance the live ones (all on device, no sync)."""
-        st, (out_tok, out_lp, out_slp) = self.state, self.out
+        st = self.state
         live = ~st["done"][:b]
-        col = torch.where(live, st["count"][:b], out_tok.shape[1] - 1)  # finished rows write to the spare column
+        col = torch.where(live, st["count"][:b], self.out[0].shape[1] - 1)  # finished rows write to the spare column
         for buf, val in zip(self.out, (tokens, logprobs, sampling_logprobs)):
             buf[st["row"][:b], col] = val
         st["done"][:b] |= torch.isin(tokens, self.stop) | (st["count"][:b] + 1 >= st["max_new"][:b])
@@ -350,6 +368,19 @@ class Sampler:
             done.append(Completion(tok[:k], lp[:k], slp[:k], reason))
         return done
 
+    def _reserve(self, length: int):
+        """Make the cache at least `length` positions long (see the class docstring)."""
+        if length <= self.cache_len:
+            return
+        if self.device.type == "cuda":
+            length = min(self.max_len, max(256, 1 << (length - 1).bit_length()))
+        if self.graphs:
+            self.graphs.clear()  # they write into the old cache's memory: drop them before it is freed
+        p = next(self.model.parameters())
+        self.cache = None
+        self.cache = KVCache(self.model.config, self.max_batch, length, p.dtype, p.device)
+        self.cache_len = length
+
     def _bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
@@ -359,7 +390,7 @@ class Sampler:
         than the whole cache; eager CUDA rounds the same way, so graphs on and off compute the same numbers."""
         if self.device.type == "cuda":
             n = max(256, 1 << (n - 1).bit_length())
-        return min(n, self.max_len)
+        return min(n, self.cache_len)
 
 
 def _per_row(value, n: int, name: str) -> list[int]:

@@ -15,8 +15,11 @@ import io
 import json
 import math
 import os
+import random
 import re
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +310,31 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
             for k, e in enumerate(exs)]
 
 
+def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list, max_new_tokens: int = 192,
+                    batch_size: int = 64) -> dict:
+    """Greedy accuracy on problems; where the task knows the step truth, also where solutions first go wrong and
+    the share of outcome-correct solutions that contain a false step (the false positives an ORM cannot see)."""
+    from sampler import Sampler
+    sampler = Sampler(model, max_batch=batch_size, max_len=model.config.max_position_embeddings)
+    prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
+    ctx = model.config.max_position_embeddings
+    outs = sampler.generate(prompts, [min(max_new_tokens, ctx - len(p)) for p in prompts], temperature=0.0)
+    texts = [tok.decode(o.tokens) for o in outs]
+    correct = [task.grade(t, p.answer) for t, p in zip(texts, problems)]
+    res = {"problems": len(problems), "accuracy": sum(correct) / max(1, len(problems))}
+    if hasattr(task, "step_truth"):
+        first_error, lucky = {}, 0
+        for t, p, c in zip(texts, problems, correct):
+            truth = task.step_truth(p, data.split_steps(t))
+            if False in truth:
+                k = truth.index(False) + 1
+                first_error[k] = first_error.get(k, 0) + 1
+                lucky += c
+        res["first_wrong_step"] = dict(sorted(first_error.items()))
+        res["correct_with_false_step"] = lucky / max(1, sum(correct))  # share of the correct ones
+    return res
+
+
 def cmd_train(args) -> int:
     d = init_distributed(args.device)
     torch.manual_seed(args.seed)
@@ -322,10 +350,8 @@ def cmd_train(args) -> int:
         tok_dir = out
     elif args.model == "scratch":
         task = data.get_task(args.task)
-        tok_dir = out.parent / f".{out.name}.tokenizer"
-        if d.main:
-            task.build_tokenizer(tok_dir)
-        barrier(d)
+        tok_dir = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))  # every rank builds the same one
+        task.build_tokenizer(tok_dir)
         torch.manual_seed(args.seed)
         model = scratch_model(args.scratch_size, Tokenizer(tok_dir), args.max_len)
     else:
@@ -439,8 +465,15 @@ def cmd_train(args) -> int:
     step = args.steps
     save(final=True)
     barrier(d)
+    if str(tok_dir).startswith(tempfile.gettempdir()) and Path(tok_dir).name.startswith("shepherd-tokenizer-"):
+        shutil.rmtree(tok_dir, ignore_errors=True)  # the scratch tokenizer now lives in the checkpoint
     if d.main:
         print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, {time.time() - t0:.0f}s)")
+        if args.objective == "sft" and args.eval_problems:
+            task = data.get_task(args.task)
+            res = evaluate_policy(raw.eval(), tok, task, task.load("test")[:args.eval_problems])
+            print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
+            atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
     return 0
 
 
@@ -494,8 +527,9 @@ class Labeler:
     def __init__(self, args, task, generator, completer, tok: Tokenizer, tag_id: int):
         from sampler import Sampler
         self.args, self.task, self.tok, self.tag_id = args, task, tok, tag_id
-        self.gen = Sampler(generator, max_batch=args.batch_size) if generator is not None else None
-        self.comp = Sampler(completer, max_batch=args.batch_size)
+        self.comp = Sampler(completer, max_batch=args.batch_size, max_len=completer.config.max_position_embeddings)
+        self.gen = None if generator is None else self.comp if generator is completer else \
+            Sampler(generator, max_batch=args.batch_size, max_len=generator.config.max_position_embeddings)
         self.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
 
     def sample_solutions(self, problem: data.Problem) -> list[Solution]:
@@ -531,9 +565,9 @@ class Labeler:
             seqs.append(prompt + resp)
             for k, end in enumerate(step_ends(resp, self.tag_id)[:-1]):  # the last step needs no rollouts
                 forks.append((s, len(prompt) + end + 1, k))
-                seeds.append([seed_for(a.seed, sol.id, k, n, "rollout") for n in range(a.num_completions)])
-        outs = self.comp.fork([list(x) for x in seqs], [(s, t) for s, t, _ in forks], a.num_completions,
-                              a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seeds=seeds)
+                seeds.append(seed_for(a.seed, sol.id, k, "rollouts"))  # the sampler derives one per completion
+        outs = self.comp.fork(seqs, [(s, t) for s, t, _ in forks], a.max_new_tokens, num_samples=a.num_completions,
+                              temperature=a.temperature, top_p=a.top_p, seeds=seeds) if forks else []
         self.stats["prefill_tokens"] += sum(map(len, seqs))
         # per solution, per rolled-out step: each completion's final answer and whether the grader accepts it
         answers = [[[] for _ in sol.steps[:-1]] for sol in sols]
@@ -589,7 +623,8 @@ def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[d
             else:
                 raise InputError(f"{where}: expected field 'input', 'prompt' or 'question'")
             if not steps:
-                raise InputError(f"{where}: field {'input' if 'input' in rec else 'completions'}: the solution has no steps")
+                field = "input" if "input" in rec else "completions" if "prompt" in rec else "steps"
+                raise InputError(f"{where}: field {field!r}: the solution has no steps")
             gold = rec.get("gold", rec.get("answer"))
             problem = known.get(question.strip())
             if problem is None:
@@ -650,10 +685,10 @@ def export(records: list[dict], fmt: str, task_name: str, labels: str) -> str:
             mark = ["+" if y else "-" for y in r["hard"]]
             lines.append({"input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
                           "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
-                          "task": task_name})
+                          "task": task_name, "gold": r["gold"]})  # gold: extra, so the file can be relabeled
         else:
             lines.append({"prompt": r["question"], "completions": r["steps"],
-                          "labels": [bool(y) for y in r["hard"]] if labels == "hard" else r["soft"]})
+                          "labels": [bool(y) for y in r["hard"]] if labels == "hard" else r["soft"], "gold": r["gold"]})
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
 
 
@@ -770,14 +805,230 @@ def cmd_label(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Verification: rerank N sampled solutions per problem (Math-Shepherd Table 1; PRM800K's best-of-N protocol)
+
+
+def aggregate(step_scores: list[float], how: str) -> float:
+    """A solution's score from its step scores: min (Math-Shepherd's choice), prod (PRM800K's), or last."""
+    if not step_scores:
+        return 0.0
+    if how == "min":
+        return min(step_scores)
+    if how == "prod":
+        return math.prod(step_scores)
+    if how == "last":
+        return step_scores[-1]
+    raise ValueError(f"unknown aggregation {how!r}")
+
+
+def majority_vote(answers: list) -> object:
+    """Self-consistency: the most frequent answer (None never votes); ties go to the one seen first."""
+    counts = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=lambda a: counts[a]) if counts else None  # max keeps the first of equals
+
+
+def best_of_n(answers: list, scores: list[float]) -> object:
+    """The answer of the highest-scoring solution; ties go to the first."""
+    return answers[max(range(len(answers)), key=lambda i: scores[i])] if answers else None
+
+
+def weighted_vote(answers: list, scores: list[float]) -> object:
+    """Self-consistency + reward model: argmax over answers a of sum_i 1[a_i = a] * RM(p, S_i)."""
+    total = {}
+    for a, s in zip(answers, scores):
+        if a is not None:
+            total[a] = total.get(a, 0.0) + s
+    return max(total, key=lambda a: total[a]) if total else None
+
+
+def rm_text(question: str, steps: list[str], style: str) -> str:
+    """What a reward model reads: ours (prompt + steps, as the policy writes them) or the released Math-Shepherd PRM's
+    ('question Step 1: ... ки\nStep 2: ... ки')."""
+    if style == "math-shepherd":
+        return question.strip() + " " + "\n".join(f"Step {i + 1}: {s} {data.STEP_TAG}" for i, s in enumerate(steps))
+    return data.format_prompt(question) + data.join_steps(steps)
+
+
+@torch.no_grad()
+def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: list[str], batch_size: int = 32) -> list[list[float]]:
+    """Every step score of every solution: one forward pass per solution (batched, right-padded, longest first)."""
+    from model import step_scores
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = [None] * len(texts)
+    device = next(model.parameters()).device
+    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    for i in progress(range(0, len(order), batch_size), desc="score", leave=False):
+        idx = order[i:i + batch_size]
+        ids = [tok.encode(texts[j])[:model.config.max_position_embeddings] for j in idx]
+        batch = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long)
+        for b, x in enumerate(ids):
+            batch[b, :len(x)] = torch.tensor(x)
+        for j, sc in zip(idx, step_scores(model, batch.to(device), head)):
+            out[j] = sc
+    return out
+
+
+def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[str, object]:
+    """Every method's chosen answer for one problem's solutions. scores: reward model name -> step scores."""
+    chosen = {"SC": majority_vote(answers)}
+    for name, steps in scores.items():
+        if name.startswith("ORM"):  # an outcome model scores the whole solution, read at its last tag
+            s = [aggregate(x, "last") for x in steps]
+            chosen[name] = best_of_n(answers, s)
+            chosen[f"SC+{name}"] = weighted_vote(answers, s)
+        else:
+            for how in ("min", "prod", "last"):
+                s = [aggregate(x, how) for x in steps]
+                chosen[f"{name}-{how}"] = best_of_n(answers, s)
+            chosen[f"SC+{name}"] = weighted_vote(answers, [aggregate(x, "min") for x in steps])
+    return chosen
+
+
+def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: int) -> dict:
+    """Accuracy of every method vs N: for each N, `subsets` random subsets of N solutions per problem (as PRM800K's
+    evaluation does); the mean over subsets, and the spread (std) of the per-subset accuracies.
+
+    per_problem: {"answers": [...], "correct": {answer: bool}, "scores": {rm: [[step scores]...]}}."""
+    rng = random.Random(seed)
+    curve = {}
+    for n in ns:
+        accs = {}
+        for _ in range(subsets if n < min(len(p["answers"]) for p in per_problem) else 1):
+            hits = {}
+            for p in per_problem:
+                idx = rng.sample(range(len(p["answers"])), n)
+                ans = [p["answers"][i] for i in idx]
+                chosen = method_choices(ans, {k: [v[i] for i in idx] for k, v in p["scores"].items()})
+                for m, a in chosen.items():
+                    hits[m] = hits.get(m, 0) + bool(p["correct"].get(a, False))
+            for m, h in hits.items():
+                accs.setdefault(m, []).append(h / len(per_problem))
+        curve[n] = {m: {"mean": sum(a) / len(a), "std": (sum((x - sum(a) / len(a)) ** 2 for x in a) / len(a)) ** 0.5}
+                    for m, a in accs.items()}
+    return curve
+
+
+def split_rm(spec: str) -> tuple[str, str]:
+    """'NAME=PATH' or 'PATH' -> (name, path)."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep else ("", spec)
+
+
+def sampling_key(args) -> dict:
+    """What the cached solutions depend on: reuse them only when all of it is unchanged."""
+    return {k: getattr(args, k) for k in ("task", "split", "limit", "model", "num_samples", "temperature",
+                                          "max_new_tokens", "seed")}
+
+
+def file_digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def cmd_verify(args) -> int:
+    t0 = time.time()
+    task = data.get_task(args.task)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    problems = task.load(args.split)[:args.limit]
+    sol_file = out / "solutions.jsonl"
+    if args.solutions:  # someone else's samples: records with problem_id (or question) and steps
+        by_q = {p.question.strip(): p for p in problems}
+        by_id = {p.id: p for p in problems}
+        sols = {}
+        for n, rec in read_jsonl(args.solutions):
+            p = by_id.get(rec.get("problem_id")) or by_q.get(str(rec.get("question", "")).strip())
+            if p is not None and "steps" in rec:
+                sols.setdefault(p.id, []).append(rec["steps"])
+        problems = [p for p in problems if p.id in sols]
+        sol_steps = {p.id: sols[p.id][:args.num_samples] for p in problems}
+    elif sol_file.exists() and json.loads((out / "config.json").read_text()).get("sampling") == sampling_key(args):
+        sol_steps = {}
+        for _, rec in read_jsonl(sol_file):
+            sol_steps.setdefault(rec["problem_id"], []).append(rec["steps"])
+        print(f"reusing {sol_file}")
+    else:  # sample S solutions per problem with the generator (seeds from ids: rerunning gives the same samples)
+        from sampler import Sampler
+        gen = Transformer.from_pretrained(args.model or task.POLICY_DIR, dtype=dtype, device=device)
+        tok = Tokenizer(gen.source_dir)
+        sampler = Sampler(gen, max_batch=args.batch_size, max_len=gen.config.max_position_embeddings)
+        sol_steps, lines = {}, []
+        for p in progress(problems, desc="sample", unit="problem"):
+            prompt = tok.encode(data.format_prompt(p.question))
+            limit = min(args.max_new_tokens, gen.config.max_position_embeddings - len(prompt))
+            outs = sampler.generate([prompt] * args.num_samples, limit, temperature=args.temperature,
+                                    seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
+            sol_steps[p.id] = [data.split_steps(tok.decode(o.tokens)) for o in outs]
+            lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n" for j, s in enumerate(sol_steps[p.id])]
+        atomic_write(sol_file, "".join(lines))
+        atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")
+        del gen, sampler
+    # score every solution once per reward model (cached beside the solutions)
+    rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
+          [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
+    scores = {}
+    for name, path in rms:
+        cache = out / f"scores.{name}.json"
+        key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path,
+               "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format}
+        if cache.exists() and json.loads(cache.read_text())["key"] == key:
+            scores[name] = json.loads(cache.read_text())["scores"]
+            continue
+        rm = Transformer.from_pretrained(path, dtype=dtype, device=device)
+        tok = Tokenizer(rm.source_dir)
+        head = PRMHead.from_tokenizer(tok, args.tag, args.good, args.bad)
+        flat = [(p.id, s) for p in problems for s in sol_steps[p.id]]
+        question = {p.id: p.question for p in problems}
+        texts = [rm_text(question[pid], s, args.rm_format) for pid, s in flat]
+        got = score_solutions(rm, tok, head, texts, args.batch_size)
+        per = {}
+        for (pid, _), sc in zip(flat, got):
+            per.setdefault(pid, []).append(sc)
+        scores[name] = per
+        atomic_write(cache, json.dumps({"key": key, "scores": per}) + "\n")
+        del rm
+    per_problem = []
+    for p in problems:
+        answers = [task.extract_answer(data.join_steps(s)) if s else None for s in sol_steps[p.id]]
+        correct = {a: task.grade(data.join_steps(s), p.answer) for a, s in zip(answers, sol_steps[p.id]) if a is not None}
+        per_problem.append({"answers": answers, "correct": correct, "scores": {k: v[p.id] for k, v in scores.items()}})
+    S = min(len(p["answers"]) for p in per_problem)
+    ns = [n for n in (2 ** k for k in range(20)) if n <= S]
+    curve = best_of_n_curve(per_problem, ns, args.subsets, args.seed)
+    methods = list(curve[ns[0]])
+    print(f"\nbest-of-N accuracy on {len(problems)} {args.task} {args.split} problems "
+          f"(mean over {args.subsets} random subsets per N; ± std)")
+    print(f"{'N':>4} " + " ".join(f"{m:>16}" for m in methods))
+    for n in ns:
+        print(f"{n:>4} " + " ".join(f"{curve[n][m]['mean']:>9.3f} ±{curve[n][m]['std']:.3f}" for m in methods))
+    atomic_write(out / "results.json", json.dumps({"problems": len(problems), "curve": curve}, indent=1) + "\n")
+    atomic_write(out / "results.csv", "N,method,mean,std\n" + "".join(
+        f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n" for n in ns for m in methods))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for m in methods:
+            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (solutions per problem)")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "results.png", dpi=120)
+    except ImportError:
+        pass
+    print(f"wrote {out}/results.json, results.csv ({time.time() - t0:.0f}s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The command line
-
-
-def not_built(name: str, issue: int):
-    def run(args) -> int:
-        print(f"shepherd.py {name}: not built yet (issue {issue}).", file=sys.stderr)
-        return 2
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -812,6 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tag", default=data.STEP_TAG, help="step tag token (PRM/ORM)")
     t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer'")
     t.add_argument("--bad", default="-", help="token meaning 'it cannot'")
+    t.add_argument("--eval-problems", type=int, default=200, help="sft: greedy accuracy on this many test problems at the end")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=cmd_train)
@@ -844,8 +1096,32 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     lab.add_argument("--device", default=None)
     lab.set_defaults(func=cmd_label)
-    v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, weighted voting")
-    v.set_defaults(func=not_built("verify", 6))
+    v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, weighted voting",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Sample S solutions per problem (or read them), score each once with every reward "
+                                   "model, and report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM.")
+    v.add_argument("--task", default="synthetic", choices=list(data.TASKS))
+    v.add_argument("--split", default="test")
+    v.add_argument("--limit", type=int, default=100, help="first LIMIT problems of the split")
+    v.add_argument("--model", default=None, help="generator (default: the synthetic world's tiny policy)")
+    v.add_argument("--solutions", default=None, help="JSONL of solutions (problem_id or question, steps) instead of sampling")
+    v.add_argument("--num-samples", type=int, default=64, help="S, solutions per problem")
+    v.add_argument("--temperature", type=float, default=0.7)
+    v.add_argument("--max-new-tokens", type=int, default=192)
+    v.add_argument("--prm", action="append", metavar="[NAME=]PATH", help="a process reward model (repeatable)")
+    v.add_argument("--orm", action="append", metavar="[NAME=]PATH", help="an outcome reward model (repeatable)")
+    v.add_argument("--rm-format", choices=["shepherd", "math-shepherd"], default="shepherd",
+                   help="input layout the reward models were trained on (math-shepherd: the released PRM's)")
+    v.add_argument("--subsets", type=int, default=100, help="random subsets per N")
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--out", default="runs/verify")
+    v.add_argument("--tag", default=data.STEP_TAG)
+    v.add_argument("--good", default="+")
+    v.add_argument("--bad", default="-")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    v.add_argument("--device", default=None)
+    v.set_defaults(func=cmd_verify)
     return p
 
 

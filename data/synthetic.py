@@ -36,7 +36,10 @@ from pathlib import Path
 
 from data import ANSWER_PREFIX, STEP_TAG, Problem, answer_from_text, format_prompt, join_steps
 
-POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")  # the tiny policy, once trained
+POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")  # the tiny policy, shipped in the repo
+# how it was made (deterministic on a given machine; a few minutes on 2 cores): the project's one training loop
+POLICY_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch --steps 1200 "
+                  "--batch-size 32 --lr 1e-3 --seed 0 --out data/synthetic_policy")
 SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 500}
 
 # -----------------------------------------------------------------------------

@@ -182,6 +182,10 @@ def test_a_row_does_not_depend_on_its_batch():
     for a, b, c in zip(alone, together, reversed_chunked):
         assert a.tokens == b.tokens == c.tokens
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5) and a.logprobs == pytest.approx(c.logprobs, abs=1e-5)
+    # the same prompt three times (prefilled once, then forked): each row is still the row it is alone
+    dup = generate(model, [prompts[1]] * 3, 9, seeds=seeds[:3], **kw)
+    assert [o.tokens for o in dup] == [generate(model, [prompts[1]], 9, seeds=[s], **kw)[0].tokens for s in seeds[:3]]
+    assert len({tuple(o.tokens) for o in dup}) == 3
     # one base seed: reproducible; another base seed: other samples
     assert [o.tokens for o in generate(model, prompts, 9, seed=3, **kw)] == \
         [o.tokens for o in generate(model, prompts, 9, seed=3, **kw)]
@@ -203,16 +207,16 @@ def test_stop_conditions_end_exactly_the_right_rows(monkeypatch):
     eos = free[0][3] if free[0][3] not in free[0][:3] else free[0][0]  # ends row 0 by eos
     stop = next(t for t in free[1][2:] if t != eos)  # ends row 1 by a stop id
     limits = [12, 12, 3, 12, 1]
-    model.config.eos_token_id = [eos, 96]  # a list of eos ids, as some configs have
-    out = generate(model, prompts, limits, temperature=0, stop_ids=[stop])
-    for i, (o, f, limit) in enumerate(zip(out, free, limits)):
-        ends = [k + 1 for k, t in enumerate(f) if t in (eos, 96, stop)]
-        n = min(ends + [limit])
-        assert o.tokens == f[:n], i
-        assert o.finish_reason == ("stop" if f[n - 1] in (eos, 96, stop) else "length"), i
-        assert len(o.logprobs) == len(o.sampling_logprobs) == n
-    assert out[0].tokens[-1] in (eos, stop) and out[1].tokens[-1] in (eos, stop)  # both ended early, by a stop
-    assert len(out[0].tokens) < 12 and len(out[1].tokens) < 12 and out[4].tokens == free[4][:1]
+    for config_eos, stops in (([eos, 96], {eos, 96, stop}), (eos, {eos, stop})):  # eos as a list, and as an int
+        model.config.eos_token_id = config_eos
+        out = generate(model, prompts, limits, temperature=0, stop_ids=[stop])
+        for i, (o, f, limit) in enumerate(zip(out, free, limits)):
+            n = min([k + 1 for k, t in enumerate(f) if t in stops] + [limit])
+            assert o.tokens == f[:n], i
+            assert o.finish_reason == ("stop" if f[n - 1] in stops else "length"), i
+            assert len(o.logprobs) == len(o.sampling_logprobs) == n
+        assert out[0].tokens[-1] in stops and out[1].tokens[-1] in stops  # both ended early, by a stop
+        assert len(out[0].tokens) < 12 and len(out[1].tokens) < 12 and out[4].tokens == free[4][:1]
     assert packed, "no batch compaction happened"
     assert generate(model, prompts[:2], [0, 2], temperature=0)[0].tokens == []
 
@@ -222,8 +226,11 @@ def test_sampler_reuse_and_limits():
     sampler = Sampler(model, max_batch=3, max_len=20)
     p = prompts_of([6, 9])
     first = sampler.generate(p, 5, temperature=0)
+    assert sampler.cache_len == 9 + 5  # sized to the call on CPU, not to max_len
     again = sampler.generate(p[::-1], 5, temperature=0)[::-1]  # stale cache contents must not leak into a new call
     assert [o.tokens for o in first] == [o.tokens for o in again] == [greedy_reference(model, q, 5) for q in p]
+    longer = sampler.generate(p, 11, temperature=0)  # needs more positions: the cache grows
+    assert sampler.cache_len == 20 and [o.tokens for o in longer] == [greedy_reference(model, q, 11) for q in p]
     with pytest.raises(ValueError, match="do not fit max_len"):
         sampler.generate(p, 12)
     with pytest.raises(ValueError, match="prefix length 0"):

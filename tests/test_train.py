@@ -24,7 +24,8 @@ def log_of(out):
 def test_short_sft_run_lowers_heldout_loss(tmp_path):
     out = tmp_path / "sft"
     rc = shepherd.main(["train", "--objective", "sft", "--out", str(out), "--steps", "20", "--num-examples", "400",
-                        "--batch-size", "16", "--eval-every", "10", "--heldout", "0.1", "--lr", "2e-3", "--warmup", "5"])
+                        "--batch-size", "16", "--eval-every", "10", "--heldout", "0.1", "--lr", "2e-3", "--warmup", "5",
+                        "--eval-problems", "0"])
     assert rc == 0
     evals = [r["heldout_loss"] for r in log_of(out) if "heldout_loss" in r]
     chance = torch.log(torch.tensor(float(Tokenizer(out).vocab_size))).item()  # 5.31: a uniform guess
@@ -37,7 +38,7 @@ def test_short_sft_run_lowers_heldout_loss(tmp_path):
 
 def test_resume_continues_with_the_same_optimizer_state(tmp_path, monkeypatch):
     args = ["train", "--objective", "sft", "--num-examples", "200", "--batch-size", "8", "--steps", "12",
-            "--save-every", "6", "--eval-every", "100", "--warmup", "2"]
+            "--save-every", "6", "--eval-every", "100", "--warmup", "2", "--eval-problems", "0"]
     assert shepherd.main(args + ["--out", str(tmp_path / "a")]) == 0
     real_save = Transformer.save_pretrained
 

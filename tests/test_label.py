@@ -1,0 +1,198 @@
+"""shepherd.py label: hard/soft estimation, forking, resume after SIGKILL, torchrun shards, formats, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import data
+import shepherd
+from data import synthetic
+from model import Tokenizer, Transformer
+from sampler import Completion, Sampler
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = Path(synthetic.POLICY_DIR)
+needs_policy = pytest.mark.skipif(not (POLICY / "config.json").exists(), reason="the tiny policy is not built")
+FAST = ["--limit", "3", "--num-solutions", "2", "--num-completions", "4", "--max-new-tokens", "96"]
+
+
+def test_hard_and_soft_estimation_by_hand():
+    # Math-Shepherd Eq. 3 / Eq. 4 with N = 4
+    assert shepherd.hard_label([False, True, False, False]) == 1
+    assert shepherd.soft_label([False, True, False, False]) == 0.25
+    assert shepherd.hard_label([False] * 4) == 0 and shepherd.soft_label([False] * 4) == 0.0
+    assert shepherd.soft_label([True] * 4) == 1.0
+
+
+class ScriptedCompleter:
+    """Stands in for the sampler: the k-th step's completions end with scripted final answers."""
+
+    def __init__(self, tok, script):
+        self.tok, self.script, self.calls = tok, script, []
+        self.model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+
+    def fork(self, seqs, forks, max_new_tokens, num_samples, **kw):
+        self.calls.append(forks)
+        out = []
+        for k, _ in enumerate(forks):
+            out.append([Completion(self.tok.encode(f"\nThe answer is: {a} ки", bos=False), [], [], "stop")
+                        for a in self.script[k]])
+        return out
+
+
+def test_labels_from_a_scripted_completer(tmp_path):
+    synthetic.build_tokenizer(tmp_path)
+    tok = Tokenizer(tmp_path)
+    problem = data.Problem("p0", "Tom has 3 boxes with 4 apples in each. He loses 5 apples. How many apples does he have now?",
+                           "7", {"ops": [["*", "q0", "q1"], ["-", "v0", "q2"]], "quantities": [3, 4, 5]})
+    sol = shepherd.Solution(problem, 0, ["3 * 4 = 12", "12 - 5 = 8", "The answer is: 8"])
+    labeler = shepherd.Labeler.__new__(shepherd.Labeler)
+    labeler.args = SimpleNamespace(seed=0, num_completions=4, max_new_tokens=16, temperature=1.0, top_p=1.0)
+    labeler.task, labeler.tok, labeler.tag_id = synthetic, tok, tok.single_token(data.STEP_TAG)
+    labeler.comp = ScriptedCompleter(tok, [["7", "7", "9", "12"], ["8", "8", "8", "8"]])
+    labeler.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
+    [rec] = labeler.label([sol])
+    assert rec["hard"] == [1, 0, 0]  # step 1: two of four reach 7; step 2: none; step 3: its own answer, 8, is wrong
+    assert rec["soft"] == [0.5, 0.0, 0.0]
+    assert rec["rollout_answers"] == [["7", "7", "9", "12"], ["8", "8", "8", "8"]]
+    assert rec["truth"] == [1, 0, 0] and rec["correct"] is False
+    # both rollout prefixes were forked from ONE sequence, ending right after each step's tag
+    [forks] = labeler.comp.calls
+    prompt_len = len(tok.encode(data.format_prompt(problem.question)))
+    full = tok.encode(data.format_prompt(problem.question) + data.join_steps(sol.steps))
+    tag = labeler.tag_id
+    assert [t for _, t in forks] == [i + 1 for i, x in enumerate(full) if x == tag][:2]
+    assert all(t > prompt_len for _, t in forks)
+
+
+@needs_policy
+def test_forked_prefixes_label_like_prefixes_run_from_scratch():
+    """Greedy completer: one prefill per solution + forks == every prefix generated from scratch."""
+    model = Transformer.from_pretrained(POLICY)
+    tok = Tokenizer(POLICY)
+    args = SimpleNamespace(seed=0, num_solutions=3, num_completions=1, max_new_tokens=96, temperature=0.0, top_p=1.0,
+                           batch_size=16)
+    lab = shepherd.Labeler(args, synthetic, model, model, tok, tok.single_token(data.STEP_TAG))
+    problems = synthetic.load("test")[:4]
+    args.temperature = 0.7  # varied solutions ...
+    sols = [s for p in problems for s in lab.sample_solutions(p)]
+    args.temperature = 0.0  # ... labeled by a greedy completer
+    records = lab.label(sols)
+    plain = Sampler(model, max_batch=4)
+    checked = 0
+    for sol, rec in zip(sols, records):
+        prompt, resp = shepherd.solution_tokens(tok, sol, lab.tag_id)
+        for k, end in enumerate(shepherd.step_ends(resp, lab.tag_id)[:-1]):
+            prefix = prompt + resp[:end + 1]
+            [c] = plain.generate([prefix], 96, temperature=0.0)
+            text = tok.decode(resp[:end + 1] + c.tokens)
+            assert rec["hard"][k] == int(synthetic.grade(text, sol.problem.answer))
+            assert rec["rollout_answers"][k] == [synthetic.extract_answer(text)]
+            checked += 1
+    assert checked >= 8
+
+
+def run_label(out, *extra, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "shepherd.py"), "label", "--out", str(out), *FAST, *extra],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+
+
+@needs_policy
+def test_sigkill_and_resume_give_the_same_bytes(tmp_path):
+    whole = tmp_path / "whole.jsonl"
+    r = run_label(whole, "--limit", "4")
+    assert r.returncode == 0, r.stderr
+    cut = tmp_path / "cut.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "shepherd.py"), "label", "--out", str(cut), *FAST, "--limit", "4"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    side = tmp_path / ".cut.jsonl.progress"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (side.exists() and side.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = side.read_text().count("\n")
+    assert 1 <= done < 4, "the run was not killed in the middle"
+    with open(cut, "ab") as f:  # and a torn half line, as a crash in mid-write would leave
+        f.write(b'{"id": "syn-train-0')
+    r = run_label(cut, "--limit", "4")
+    assert r.returncode == 0, r.stderr
+    assert f"{done} of 4 problems already labeled" in r.stdout
+    assert cut.read_bytes() == whole.read_bytes()
+    assert len(whole.read_text().splitlines()) >= 4
+
+
+@needs_policy
+def test_torchrun_two_processes_equal_one(tmp_path):
+    one = tmp_path / "one.jsonl"
+    assert run_label(one).returncode == 0
+    two = tmp_path / "two.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                        str(ROOT / "shepherd.py"), "label", "--out", str(two), *FAST],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert two.read_bytes() == one.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["one.jsonl", "two.jsonl", ".one.jsonl.progress",
+                                                                 "one.quality.json", "two.quality.json"])
+
+
+def test_export_formats_round_trip(tmp_path):
+    recs = [{"id": "p/0", "problem_id": "p", "question": "Tom has 2 + 3 apples?", "gold": "5", "correct": True,
+             "steps": ["2 + 3 = 5", "The answer is: 5"], "hard": [1, 1], "soft": [0.75, 1.0]},
+            {"id": "q/1", "problem_id": "q", "question": "Ann - Ben?", "gold": "1", "correct": False,
+             "steps": ["4 - 2 = 3", "3 - 1 = 2", "The answer is: 2"], "hard": [0, 0, 0], "soft": [0.0, 0.0, 0.0]}]
+    for fmt, labels in (("math-shepherd", "hard"), ("stepwise", "hard"), ("stepwise", "soft")):
+        path = tmp_path / f"{fmt}.jsonl"
+        path.write_text(shepherd.export(recs, fmt, "synthetic", labels))
+        back = shepherd.read_step_examples(path)
+        assert [ex.labels for ex in back] == [[float(x) for x in r[labels]] for r in recs]
+        sols = shepherd.read_solutions(str(path), synthetic, False, {"skipped": 0})
+        assert [p.question for p, _ in sols] == [r["question"] for r in recs]
+        assert [sol.steps for _, [sol] in sols] == [r["steps"] for r in recs]
+    assert json.loads((tmp_path / "math-shepherd.jsonl").read_text().splitlines()[1]) == {
+        "input": "Ann - Ben? Step 1: 4 - 2 = 3 ки\nStep 2: 3 - 1 = 2 ки\nStep 3: The answer is: 2 ки",
+        "label": "Ann - Ben? Step 1: 4 - 2 = 3 -\nStep 2: 3 - 1 = 2 -\nStep 3: The answer is: 2 -", "task": "synthetic",
+        "gold": "1"}
+
+
+def test_reads_the_real_math_shepherd_format(tmp_path):
+    rows = [{"input": "Janet has 3 ducks. How many legs? Step 1: Each duck has 2 legs. ки\nStep 2: 3 * 2 = 6 ки\n"
+                      "Step 3: The answer is: 6ки", "label": "Janet has 3 ducks. How many legs? Step 1: Each duck has 2 legs. +\n"
+                      "Step 2: 3 * 2 = 6 +\nStep 3: The answer is: 6-", "task": "GSM8K", "gold": "6"}]
+    path = tmp_path / "ms.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [ex] = shepherd.read_step_examples(path)
+    assert ex.labels == [1.0, 1.0, 0.0] and ex.text.endswith("The answer is: 6 ки") and ex.text.count(" ки") == 3
+    [(problem, [sol])] = shepherd.read_solutions(str(path), synthetic, False, {"skipped": 0})
+    assert problem.question == "Janet has 3 ducks. How many legs?" and problem.answer == "6"
+    assert sol.steps == ["Each duck has 2 legs.", "3 * 2 = 6", "The answer is: 6"]
+
+
+def test_bad_input_is_one_line_with_file_line_and_field(tmp_path):
+    cases = {
+        '{"input": "Q Step 1: 1 + 1 = 2 ки", "label": "Q Step 1: 1 + 1 = 2 +"}\n{"input": ': "2: malformed JSON",
+        '{"prompt": "Q", "completions": ["1 + 1 = 2"], "labels": [true]}\n': "1: field 'gold': no gold answer",
+        '{"question": "Q", "steps": [], "gold": "2"}\n': "1: field 'steps': the solution has no steps",
+        '{"foo": 1}\n': "1: expected field 'input', 'prompt' or 'question'",
+    }
+    for i, (text, msg) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.jsonl"
+        path.write_text(text)
+        out = tmp_path / f"out{i}.jsonl"
+        r = subprocess.run([sys.executable, str(ROOT / "shepherd.py"), "label", "--solutions", str(path), "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        assert f"{path}:{msg}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not out.exists() and not list(tmp_path.glob(".out*"))
+    stats = {"skipped": 0}
+    good = tmp_path / "mixed.jsonl"
+    good.write_text('{"question": "Q", "steps": ["1 + 1 = 2"], "gold": "2"}\n{"question": "Q2", "steps": []}\n')
+    assert len(shepherd.read_solutions(str(good), synthetic, True, stats)) == 1 and stats["skipped"] == 1

@@ -1,0 +1,86 @@
+"""Verification: aggregations, votes and best-of-N on hand-made scores; scoring in the released PRM's layout."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import shepherd
+from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_scores
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mistral-7b-v0.1"
+
+
+def test_aggregations():
+    s = [0.9, 0.5, 0.8]
+    assert shepherd.aggregate(s, "min") == 0.5
+    assert shepherd.aggregate(s, "prod") == pytest.approx(0.36)
+    assert shepherd.aggregate(s, "last") == 0.8
+    assert shepherd.aggregate([], "min") == 0.0
+    with pytest.raises(ValueError):
+        shepherd.aggregate(s, "mean")
+
+
+def test_votes_ties_and_missing_answers():
+    assert shepherd.majority_vote(["3", None, "4", None, None, "4"]) == "4"  # None never votes
+    assert shepherd.majority_vote(["5", "3", "3", "5"]) == "5"  # a tie goes to the answer seen first
+    assert shepherd.majority_vote([None, None]) is None
+    # best-of-N: the highest score's answer, even a missing one; ties to the first
+    assert shepherd.best_of_n(["3", "4", None], [0.2, 0.9, 0.95]) is None
+    assert shepherd.best_of_n(["3", "4"], [0.7, 0.7]) == "3"
+    # SC+RM: argmax_a sum_i 1[a_i = a] RM_i: two weak votes for 3 (0.4 + 0.4) beat one strong 4 (0.7)
+    assert shepherd.weighted_vote(["3", "4", "3", None], [0.4, 0.7, 0.4, 5.0]) == "3"
+    assert shepherd.weighted_vote(["3", "4", "3"], [0.3, 0.7, 0.3]) == "4"
+    assert shepherd.weighted_vote([None], [1.0]) is None
+
+
+def test_method_choices_use_their_aggregation():
+    answers = ["7", "8", "7"]
+    prm = [[0.9, 0.2], [0.6, 0.6], [0.5, 0.95]]  # min: .2 .6 .5 -> "8"; prod: .18 .36 .475 -> "7"; last -> "7"(#3)
+    orm = [[0.1], [0.2], [0.9]]
+    c = shepherd.method_choices(answers, {"PRM": prm, "ORM": orm})
+    assert c == {"SC": "7", "PRM-min": "8", "PRM-prod": "7", "PRM-last": "7", "SC+PRM": "7", "ORM": "7", "SC+ORM": "7"}
+    c = shepherd.method_choices(["1", "2"], {"PRM": [[0.9, 0.1], [0.3]]})
+    assert c["PRM-min"] == "2" and c["PRM-last"] == "2" and c["PRM-prod"] == "2" and c["SC"] == "1"
+
+
+def test_best_of_n_curve_by_hand():
+    # one problem, 4 solutions, 2 of them right; an oracle RM that scores right ones 1 and wrong ones 0
+    p = {"answers": ["1", "2", "1", "3"], "correct": {"1": True, "2": False, "3": False},
+         "scores": {"PRM": [[1.0], [0.0], [1.0], [0.0]]}}
+    curve = shepherd.best_of_n_curve([p], [1, 2, 4], subsets=2000, seed=0)
+    assert curve[4]["PRM-min"]["mean"] == 1.0 and curve[4]["SC"]["mean"] == 1.0 and curve[4]["PRM-min"]["std"] == 0
+    assert curve[1]["SC"]["mean"] == pytest.approx(0.5, abs=0.04)  # one random solution: right half the time
+    # N=2: the oracle fails only when both drawn are wrong: 1 of 6 pairs
+    assert curve[2]["PRM-min"]["mean"] == pytest.approx(5 / 6, abs=0.04)
+    # SC at N=2: the first of a tied pair wins, and pairs come in random order: P(right) = 1/6 + 4/6 * 1/2 = 1/2
+    assert curve[2]["SC"]["mean"] == pytest.approx(0.5, abs=0.04)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/mistral-7b-v0.1 is absent")
+def test_scores_in_the_released_prm_layout(tmp_path):
+    """A tiny MistralForCausalLM with the real Mistral tokenizer, saved the way peiyi9979/math-shepherd-mistral-7b-prm
+    is published: our scores equal softmax over the logits of '+' (648) and '-' (387) at each 'ки' (12902)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = json.loads((SHARED / "config.json").read_text())
+    cfg.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    hf = transformers.MistralForCausalLM(transformers.MistralConfig(**cfg)).eval()
+    hf.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((SHARED / name).read_bytes())
+    ours = Transformer.from_pretrained(tmp_path)
+    tok = Tokenizer(tmp_path)
+    head = PRMHead.from_tokenizer(tok)
+    assert (head.tag_id, head.good_id, head.bad_id) == (12902, 648, 387)
+    text = shepherd.rm_text("Janet has 3 ducks. How many legs?", ["3 * 2 = 6", "The answer is: 6"], "math-shepherd")
+    assert text == "Janet has 3 ducks. How many legs? Step 1: 3 * 2 = 6 ки\nStep 2: The answer is: 6 ки"
+    [got] = shepherd.score_solutions(ours, tok, head, [text])
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        logits = hf(ids).logits[0]
+    tags = (ids[0] == 12902).nonzero().flatten().tolist()
+    want = [torch.softmax(logits[t, [648, 387]], -1)[0].item() for t in tags]
+    assert len(got) == 2 and got == pytest.approx(want, abs=1e-5)
+    assert step_scores(ours, ids, head)[0] == pytest.approx(want, abs=1e-5)
