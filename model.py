@@ -373,6 +373,8 @@ class Transformer(nn.Module):
                         shutil.copy(Path(src) / name, tmp / name)
             for name, data in (extra_files or {}).items():
                 (tmp / name).write_bytes(data)
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
             os.chmod(tmp, 0o755)
             if path.exists():  # swap: old out of the way, new in, old removed
                 old = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -2,10 +2,10 @@
 
 Read top to bottom:
   1. Seeding   - every row carries its own 63-bit seed. The uniform number that picks its n-th new token is a pure
-                 function of (row seed, n), computed with an integer hash in torch ops. No generator state is shared
-                 between rows, so a row's output does not depend on which rows share its batch, on the batch size or
-                 on chunking: a labeling job can stop and resume and get the same rollouts. (A torch.Generator per
-                 row would do the same, slowly, and could not live inside a CUDA graph.)
+                 function of (row seed, n), computed with an integer hash in torch ops (a counter-based generator).
+                 No generator state is shared between rows, so a row's output does not depend on which rows share
+                 its batch, on the batch size or on chunking: a labeling job can stop and resume and get the same
+                 rollouts. (A torch.Generator per row would do the same, slowly, and could not live in a CUDA graph.)
   2. sample()  - logits -> token by inverse CDF: temperature, then top-k, then top-p (nucleus) cut the distribution,
                  and the row's uniform u picks the first token whose cumulative probability exceeds u (one hash per
                  row and step; Gumbel-max would need one per vocabulary entry). Temperature 0 is greedy. It returns
@@ -49,7 +49,7 @@ class Completion:
     actually drawn from (with no top-k/top-p it equals log_softmax(logits / temperature) at the token)."""
     tokens: list[int]  # the new tokens; a stop token that ended the row is the last one
     logprobs: list[float]  # log p(token) under the raw model (temperature 1, no top-k/top-p): what a forward recomputes
-    sampling_logprobs: list[float]  # log q(token) under the distribution sampled from (temperature, top-k, top-p); 0 if greedy
+    sampling_logprobs: list[float]  # log q(token), q the distribution sampled (temperature, top-k, top-p); 0 if greedy
     finish_reason: str  # "stop" (ended by eos / a stop id) or "length" (its max_new_tokens)
 
 
@@ -69,20 +69,20 @@ def child_seed(seed: int, index: int) -> int:
     return _mix64(_mix64(seed & MASK64) ^ index) >> 1
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective hash of 32-bit values held in int64 tensors (xor-shift / multiply rounds). The multipliers are
-    below 2**31, so no product leaves int64: the same bits on every device."""
+def row_key(seed: int) -> int:
+    """The 32-bit key a row's noise is made from: its seed, mixed (so nearby seeds give unrelated streams)."""
+    return _mix64(seed & MASK64) & MASK32
+
+
+def uniform(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """One U[0, 1) float64 per row, a pure function of (key, counter): counter-based, like Philox, but per row.
+    A Weyl step (key + counter * odd constant, a different 32-bit value for every counter), then xor-shift /
+    multiply rounds that mix it. The values live in int64 and the multipliers are below 2**31, so no product
+    overflows: the same bits on every device."""
+    x = (keys + counters * 0x6A09E667) & MASK32
     for m in (0x5BD1E995, 0x2C1B3C6D, 0x297A2D39):
         x = ((x ^ (x >> 16)) * m) & MASK32
-    return x ^ (x >> 16)
-
-
-def uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """One U[0, 1) float64 per row, a pure function of (seed, counter): counter-based, like Philox, but per row."""
-    h = _mix32(seeds & MASK32)
-    h = _mix32(h ^ (seeds >> 32))  # the seed's high half (seeds are non-negative, so this is < 2**31)
-    h = _mix32(h ^ _mix32(counters & MASK32))
-    return h.double() / 2.0**32
+    return (x ^ (x >> 16)).double() / 2.0**32
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def top_k_top_p(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) 
     return scaled.masked_fill(scaled < threshold, float("-inf"))
 
 
-def sample(logits, temperature, top_k, top_p, seeds, counters, stochastic=True, filtering=True):
+def sample(logits, temperature, top_k, top_p, keys, counters, stochastic=True, filtering=True):
     """Pick one token per row of logits (B, V); the other arguments are (B,) tensors, one setting per row.
 
     Returns (tokens, logprobs, sampling_logprobs), each (B,):
@@ -113,7 +113,7 @@ def sample(logits, temperature, top_k, top_p, seeds, counters, stochastic=True, 
       sampling_logprobs  the log-probability of the token under the distribution it was actually drawn from
                          (tempered, top-k/top-p filtered and renormalised); 0 for greedy rows, a point mass. For
                          importance weights when temperature != 1 or a filter is on.
-    temperature 0 is greedy: argmax of the logits. Sampling is by inverse CDF with the row's uniform(seed, counter).
+    temperature 0 is greedy: argmax of the logits. Sampling is by inverse CDF with the row's uniform(key, counter).
     stochastic=False (no row samples) and filtering=False (no row filters) only skip work that cannot change the
     result; a captured CUDA graph always runs the full path."""
     logits = logits.float()
@@ -128,7 +128,7 @@ def sample(logits, temperature, top_k, top_p, seeds, counters, stochastic=True, 
         scaled = top_k_top_p(scaled, top_k, top_p)
     q = scaled.log_softmax(-1)
     cdf = q.exp().double().cumsum(-1)  # float64: the running sum over a 32k vocabulary stays exact enough
-    u = uniform(seeds, counters) * cdf[:, -1]  # u < total mass, so the first cdf > u is a token of non-zero mass
+    u = uniform(keys, counters) * cdf[:, -1]  # u < total mass, so the first cdf > u is a token of non-zero mass
     drawn = torch.searchsorted(cdf, u[:, None], right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
     tokens = torch.where(greedy, best, drawn)
     return tokens, pick(raw, tokens), torch.where(greedy, 0.0, pick(q, tokens))
@@ -164,7 +164,7 @@ class Sampler:
     an allocation. It holds 2 * layers * kv_heads * head_dim elements per row and position: Mistral-7B in bf16,
     128 KiB, so 64 rows x 2048 positions take 16 GiB."""
 
-    STATE = ("tok", "pos", "count", "seed", "top_k", "max_new", "row", "temp", "top_p", "done")
+    STATE = ("tok", "pos", "count", "key", "top_k", "max_new", "row", "temp", "top_p", "done")
 
     def __init__(self, model: Transformer, max_batch: int = 64, max_len: int = 2048, cuda_graphs: bool | None = None,
                  prefill_tokens: int = 16384):
@@ -179,7 +179,8 @@ class Sampler:
         self.pool = torch.cuda.graph_pool_handle() if self.graphs is not None else None
         # Per-row state, indexed by batch row == cache row. Static tensors: a CUDA graph reads them at fixed addresses.
         dtypes = dict(temp=torch.float, top_p=torch.float, done=torch.bool)
-        self.state = {k: torch.zeros(max_batch, dtype=dtypes.get(k, torch.long), device=self.device) for k in self.STATE}
+        self.state = {k: torch.zeros(max_batch, dtype=dtypes.get(k, torch.long), device=self.device)
+                      for k in self.STATE}
         self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
 
     # -- public API ------------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ class Sampler:
 
         b = self._bucket(n)
         T = max(r.max_new for r in rows)
-        init = dict(tok=[0] * n, pos=[r.prefix - 1 for r in rows], count=[0] * n, seed=[r.seed for r in rows],
+        init = dict(tok=[0] * n, pos=[r.prefix - 1 for r in rows], count=[0] * n, key=[row_key(r.seed) for r in rows],
                     top_k=[top_k] * n, max_new=[r.max_new for r in rows], row=list(range(n)), temp=[temperature] * n,
                     top_p=[top_p] * n, done=[False] * n)
         pad = dict(row=n, done=True, top_p=1.0)  # rows n..b-1 fill the bucket: finished, writing to spare output row n
@@ -269,7 +270,7 @@ class Sampler:
                     torch.zeros(n + 1, T + 1, device=dev), torch.zeros(n + 1, T + 1, device=dev))
 
         # the first token of every row comes from the prefill logits, sampled row by row
-        self._emit(n, *sample(logits, st["temp"][:n], st["top_k"][:n], st["top_p"][:n], st["seed"][:n],
+        self._emit(n, *sample(logits, st["temp"][:n], st["top_k"][:n], st["top_p"][:n], st["key"][:n],
                               st["count"][:n], *self.flags))
         hi = max(r.prefix for r in rows)  # an upper bound on the live rows' positions, exact after each check
         check = 8 if dev.type == "cuda" else 1  # reading the live count syncs with the GPU: not every step there
@@ -307,7 +308,7 @@ class Sampler:
         This is the function the CUDA graphs capture: it reads only static tensors."""
         st = self.state
         logits = self.model(st["tok"][:b, None], st["pos"][:b, None], self.cache, kv_len)[:, 0]
-        return sample(logits, st["temp"][:b], st["top_k"][:b], st["top_p"][:b], st["seed"][:b], st["count"][:b],
+        return sample(logits, st["temp"][:b], st["top_k"][:b], st["top_p"][:b], st["key"][:b], st["count"][:b],
                       stochastic, filtering)
 
     def _step(self, b: int, kv_len: int):

@@ -536,7 +536,10 @@ class Labeler:
         a, tok = self.args, self.tok
         prompt = tok.encode(data.format_prompt(problem.question))
         seeds = [seed_for(a.seed, problem.id, j, "solution") for j in range(a.num_solutions)]
-        outs = self.gen.generate([prompt] * a.num_solutions, a.max_new_tokens, temperature=a.temperature,
+        limit = min(a.max_new_tokens, self.gen.model.config.max_position_embeddings - len(prompt))
+        if limit <= 0:
+            raise InputError(f"{problem.id}: the prompt ({len(prompt)} tokens) does not fit the generator's context")
+        outs = self.gen.generate([prompt] * a.num_solutions, limit, temperature=a.temperature,
                                  top_p=a.top_p, seeds=seeds)
         self.stats["prefill_tokens"] += len(prompt) * a.num_solutions
         sols = []
@@ -559,14 +562,17 @@ class Labeler:
         for s, sol in enumerate(sols):
             prompt, resp = solution_tokens(tok, sol, self.tag_id)
             prompt_lens.append(len(prompt))
-            if len(prompt) + len(resp) + a.max_new_tokens > self.comp.model.config.max_position_embeddings:
-                raise InputError(f"{sol.id}: prompt + solution ({len(prompt) + len(resp)} tokens) + --max-new-tokens "
-                                 f"exceed the completer's context ({self.comp.model.config.max_position_embeddings})")
+            ctx = self.comp.model.config.max_position_embeddings
+            if len(prompt) + len(resp) >= ctx:
+                raise InputError(f"{sol.id}: prompt + solution ({len(prompt) + len(resp)} tokens) do not fit the "
+                                 f"completer's context ({ctx})")
             seqs.append(prompt + resp)
             for k, end in enumerate(step_ends(resp, self.tag_id)[:-1]):  # the last step needs no rollouts
                 forks.append((s, len(prompt) + end + 1, k))
                 seeds.append(seed_for(a.seed, sol.id, k, "rollouts"))  # the sampler derives one per completion
-        outs = self.comp.fork(seqs, [(s, t) for s, t, _ in forks], a.max_new_tokens, num_samples=a.num_completions,
+        ctx = self.comp.model.config.max_position_embeddings
+        limits = [min(a.max_new_tokens, ctx - t) for _, t, _ in forks]  # a completion never runs past the context
+        outs = self.comp.fork(seqs, [(s, t) for s, t, _ in forks], limits, num_samples=a.num_completions,
                               temperature=a.temperature, top_p=a.top_p, seeds=seeds) if forks else []
         self.stats["prefill_tokens"] += sum(map(len, seqs))
         # per solution, per rolled-out step: each completion's final answer and whether the grader accepts it
@@ -1075,7 +1081,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "fraction right). Resumable: rerun the same command to continue.")
     lab.add_argument("--task", default="synthetic", choices=list(data.TASKS))
     lab.add_argument("--split", default="train", help="which problems of the task to label")
-    lab.add_argument("--limit", type=int, default=24, help="label the first LIMIT problems")
+    lab.add_argument("--limit", type=int, default=50, help="label the first LIMIT problems")
     lab.add_argument("--model", default=None, help="generator of the solutions (default: the synthetic world's tiny policy)")
     lab.add_argument("--completer", default=None, help="model for the rollouts (default: the generator)")
     lab.add_argument("--solutions", default=None, help="label these solutions instead of sampling (Math-Shepherd or stepwise jsonl)")

@@ -150,7 +150,8 @@ def gpu_section(args):
         t_n = best_time(lambda: s.generate(prompt, N, temperature=0), args.repeats)
         t_1 = best_time(lambda: s.generate(prompt, 1, temperature=0), args.repeats)
         tps = (N - 1) / (t_n - t_1)
-        rows.append((f"batch 1, graphs {'on' if graphs else 'off'}", f"{tps:,.0f}", f"{100 * tps / roofline:.0f}% of roofline"))
+        name = f"batch 1, graphs {'on' if graphs else 'off'}"
+        rows.append((name, f"{tps:,.0f}", f"{100 * tps / roofline:.0f}% of roofline"))
 
     # batch 64: ours with graphs on and off, and transformers
     B = 64
