@@ -148,7 +148,9 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     estimation) then train a PRM (Eq. 2) or an ORM (Eq. 1) on the same labels. Rank 0 builds; the others wait."""
     if cfg.reward_model:
         return cfg.reward_model
-    cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-seed{cfg.seed}"
+    w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
+    key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
+    cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}-seed{cfg.seed}"
     path = cache / cfg.reward
     if d.main and not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
         print(f"building the {cfg.reward.upper()} in {path} (once; cached)", flush=True)
@@ -512,7 +514,7 @@ def optim_state(model, optimizer, cfg: Config, state=None):
     dcp.set_optimizer_state_dict(model, optimizer, state, options=options)
 
 
-def save_checkpoint(cfg: Config, it: int, M, tok_dir: str, d: Dist):
+def save_checkpoint(cfg: Config, it: int, M, d: Dist):
     """out/checkpoint/{policy, critic (backbone + value_head.safetensors), trainer_state.pt}, written into a temporary
     folder and swapped in whole: a crash (or a NaN) leaves the previous checkpoint intact."""
     from safetensors.torch import save
@@ -522,9 +524,9 @@ def save_checkpoint(cfg: Config, it: int, M, tok_dir: str, d: Dist):
         out = Path(cfg.out)
         tmp, final = out / f".checkpoint.tmp-{os.getpid()}", out / "checkpoint"
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.save_pretrained(tmp / "policy", tokenizer_dir=tok_dir)
+        policy.save_pretrained(tmp / "policy", tokenizer_dir=M.tok_dir)
         head = {k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()}
-        critic.backbone.save_pretrained(tmp / "critic", tokenizer_dir=tok_dir,
+        critic.backbone.save_pretrained(tmp / "critic", tokenizer_dir=M.tok_dir,
                                         extra_files={"value_head.safetensors": save(head)})
         torch.save({"iteration": it, "opt_policy": opts[0], "opt_critic": opts[1], "config": asdict(cfg)},
                    tmp / "trainer_state.pt")
@@ -560,25 +562,28 @@ def setup(cfg: Config, d: Dist):
     M.device = d.device
     # trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast)
     M.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
-    dev = "cpu" if cfg.fsdp else d.device  # FSDP: load on CPU, shard, then move the shards
-    policy = Transformer.from_pretrained(ckpt / "policy" if resume else policy_dir, device=dev)
-    M.ref = Transformer.from_pretrained(policy_dir, dtype=frozen, device=dev).requires_grad_(False)
-    M.rm = Transformer.from_pretrained(rm_dir, dtype=frozen, device=dev).requires_grad_(False)
-    critic = ValueModel(Transformer.from_pretrained(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward"
-                                                    else policy_dir, device=dev)).to(dev)
-    tok = Tokenizer(policy.source_dir)
+
+    def load(path, dtype=torch.float32, value=False):  # one model at a time: under FSDP sharded as soon as loaded
+        model = Transformer.from_pretrained(path, dtype=dtype, device=d.device)
+        model = ValueModel(model).to(d.device) if value else model
+        if value and resume:
+            from safetensors.torch import load_file
+            model.head.load_state_dict(load_file(str(Path(path) / "value_head.safetensors")))
+        if cfg.fsdp:
+            shard(model, cfg, frozen)
+        return model
+    policy = load(ckpt / "policy" if resume else policy_dir)
+    M.ref = load(policy_dir, frozen).requires_grad_(False)
+    M.rm = load(rm_dir, frozen).requires_grad_(False)
+    critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
+    M.tok_dir = policy_dir
+    tok = Tokenizer(policy_dir)
     if Tokenizer(rm_dir).tok.get_vocab() != tok.tok.get_vocab():
         raise SystemExit(f"{rm_dir}: the reward model's tokenizer differs from the policy's; it must read the policy's tokens")
     head = PRMHead.from_tokenizer(tok)
     # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
     M.pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, head.tag_id) else 0
     assert M.pad_id not in (tok.eos_id, head.tag_id)
-    if resume:
-        from safetensors.torch import load_file
-        critic.head.load_state_dict(load_file(str(ckpt / "critic" / "value_head.safetensors")))
-    if cfg.fsdp:
-        for m, dt in ((policy, frozen), (critic, frozen), (M.ref, frozen), (M.rm, frozen)):
-            shard(m.to(d.device), cfg, dt)
     M.policy_raw, M.critic_raw = policy, critic
     M.policy, M.critic = policy, critic
     if d.world > 1 and not cfg.fsdp:
@@ -596,7 +601,7 @@ def setup(cfg: Config, d: Dist):
         optim_state(policy, M.opt_policy, cfg, st["opt_policy"])
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
-    return task, tok, head, M, start, policy.source_dir if not resume else str(ckpt / "policy"), resume
+    return task, tok, head, M, start, resume
 
 
 def summarize(rows: list[dict], g: dict) -> dict:
@@ -626,7 +631,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size {cfg.minibatch_size}, "
                          f"itself a multiple of the world size {d.world}")
     torch.manual_seed(cfg.seed)  # nothing below draws from it; set for anything a future change might add
-    task, tok, head, M, start, tok_dir, resume = setup(cfg, d)
+    task, tok, head, M, start, resume = setup(cfg, d)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, val = task.load("train"), task.load("val")[:cfg.eval_problems]
@@ -660,7 +665,7 @@ def main(argv=None) -> int:
         if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
             stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
-            save_checkpoint(cfg, it + 1, M, tok_dir, d)
+            save_checkpoint(cfg, it + 1, M, d)
         if d.main:
             log.write(json.dumps(stats) + "\n")
             log.flush()

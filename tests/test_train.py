@@ -1,5 +1,6 @@
 """shepherd.py train: the one training loop (sft / prm / orm), its resume, and the PRM positions."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,15 @@ def test_lr_schedule_and_auc():
     assert shepherd.auc([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0]) == 1.0
     assert shepherd.auc([0.1, 0.2, 0.8], [1, 0, 0]) == 0.0
     assert shepherd.auc([0.5, 0.5, 0.5, 0.9], [1, 0, 1, 0]) == pytest.approx(0.25)  # ties count half
+
+
+@pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
+def test_shipped_policy_is_in_the_accuracy_band():
+    """The policy that `synthetic.POLICY_COMMAND` trains: greedy accuracy in [30%, 70%] on 200 held-out problems,
+    errors at several different steps, and some outcome-correct solutions with a false step (ORM false positives)."""
+    model, tok = Transformer.from_pretrained(synthetic.POLICY_DIR), Tokenizer(synthetic.POLICY_DIR)
+    res = shepherd.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
+    print(res)
+    assert 0.30 <= res["accuracy"] <= 0.70
+    assert len(res["first_wrong_step"]) >= 4
+    assert 0 < res["correct_with_false_step"] < 0.5
