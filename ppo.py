@@ -79,7 +79,8 @@ class Config:
     ent_coef: float = opt(0.0, "entropy bonus (0: the KL penalty already keeps the policy near the reference)")
     critic_init: str = opt("reward", "value backbone from the reward model ('reward') or the policy ('policy')")
     eval_every: int = opt(10, "held-out greedy accuracy every this many iterations (and at the end)")
-    eval_problems: int = opt(200, "held-out problems for it (the task's val split; the final one on test)")
+    eval_problems: int = opt(200, "held-out problems for it (the task's val split)")
+    test_problems: int = opt(500, "test problems for the final greedy accuracy (0: none)")
     save_every: int = opt(10, "checkpoint every this many iterations (and at the end)")
     rm_problems: int = opt(200, "reward-model build: problems to label (4 solutions x 4 completions each)")
     rm_steps: int = opt(300, "reward-model build: training steps")
@@ -129,40 +130,28 @@ class ValueModel(nn.Module):
         return self.head(self.backbone(ids, return_hidden=True)).squeeze(-1).float()  # (B, S)
 
 
-@contextlib.contextmanager
-def single_process():
-    """shepherd.main in this process as a plain single-process run, even under torchrun."""
-    saved = os.environ.get("WORLD_SIZE")
-    os.environ["WORLD_SIZE"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["WORLD_SIZE"]
-        else:
-            os.environ["WORLD_SIZE"] = saved
-
-
 def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     """--reward-model, or one built from the policy with shepherd.py and cached: label (Math-Shepherd §3.3, hard
-    estimation) then train a PRM (Eq. 2) or an ORM (Eq. 1) on the same labels. Rank 0 builds; the others wait."""
+    estimation) then train a PRM (Eq. 2) or an ORM (Eq. 1) on the same labels. Under torchrun every rank takes part
+    (shepherd.py shards the labeling and trains data-parallel), so the build uses every core."""
     if cfg.reward_model:
         return cfg.reward_model
     w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
     key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
     cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}-seed{cfg.seed}"
     path = cache / cfg.reward
-    if d.main and not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
-        print(f"building the {cfg.reward.upper()} in {path} (once; cached)", flush=True)
-        labels = cache / "labels.jsonl"
-        with single_process():
-            rc = shepherd.main(["label", "--model", policy_dir, "--limit", str(cfg.rm_problems), "--num-solutions", "4",
-                                "--num-completions", "4", "--max-new-tokens", "96", "--seed", str(cfg.seed),
-                                "--out", str(labels)])  # resumable: an interrupted build continues
-            rc = rc or shepherd.main(["train", "--objective", cfg.reward, "--data", str(labels), "--model", policy_dir,
-                                      "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32",
-                                      "--lr", "5e-4", "--warmup", "30", "--eval-every", "100", "--heldout", "0.1",
-                                      "--seed", str(cfg.seed), "--restart"])
+    if not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
+        if d.main:
+            print(f"building the {cfg.reward.upper()} in {path} (once; cached)", flush=True)
+        labels, done = cache / "labels.jsonl", cache / "labels.done"  # one labeling serves the PRM and the ORM
+        rc = 0 if done.exists() else shepherd.main(
+            ["label", "--model", policy_dir, "--limit", str(cfg.rm_problems), "--num-solutions", "4", "--num-completions",
+             "4", "--max-new-tokens", "96", "--seed", str(cfg.seed), "--out", str(labels)])  # resumable
+        if rc == 0 and d.main:
+            done.touch()
+        rc = rc or shepherd.main(["train", "--objective", cfg.reward, "--data", str(labels), "--model", policy_dir,
+                                  "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32", "--lr", "5e-4",
+                                  "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", str(cfg.seed)])
         if rc:
             raise RuntimeError(f"building the reward model in {path} failed (exit code {rc})")
     barrier(d)
@@ -240,6 +229,12 @@ def token_logprobs(model: nn.Module, g: dict, temperature: float, entropy: bool 
     return lp, ent
 
 
+def step_probs(rm: nn.Module, g: dict, head: PRMHead) -> torch.Tensor:
+    """The reward model's p(+) = softmax([l+, l-])[0] read AT each response token (the token's own position, pos + 1):
+    at a tag, that step's score, exactly where shepherd.py trained it (model.step_logits, one function)."""
+    return step_logits(rm, g["ids"], head).softmax(-1)[..., 0].gather(1, g["pos"] + 1)
+
+
 def grid_values(critic: nn.Module, g: dict) -> torch.Tensor:
     return critic(g["ids"]).gather(1, g["pos"])  # V(s_k): the value of the prefix before response token k
 
@@ -248,7 +243,7 @@ def grid_values(critic: nn.Module, g: dict) -> torch.Tensor:
 # Rewards (Math-Shepherd §3.5)
 
 
-def score_rewards(act, mask, p_good, tag_id: int, kind: str, center: float) -> torch.Tensor:
+def score_rewards(act, mask, p_good, tag_id: int, kind: str, center: float, answered, penalty: float) -> torch.Tensor:
     """The reward model's part of the reward, on the response grid (B, R).
 
     prm: each step's reward sits on that step's LAST token, its tag, and is the PRM's p(+) read there (p_good is
@@ -257,15 +252,19 @@ def score_rewards(act, mask, p_good, tag_id: int, kind: str, center: float) -> t
          it); a response without any tag scores `center` (it gets the no-answer penalty anyway).
     Centered: score - center. With gamma = 1 the return is the SUM of step rewards, so raw p(+) in [0, 1] would pay
     up to +1 per extra step, however doubtful: the known hack of writing more (or filler) steps. Centered at 0.5, a
-    step the PRM doubts costs reward instead, and only steps judged good add any."""
+    step the PRM doubts costs reward instead, and only steps judged good add any.
+    A response without a final answer (`answered` False: it hit the length limit, or stopped early) gets `penalty`
+    on its last token: otherwise stopping before a risky step, or rambling until cut off, would cost nothing."""
     is_tag = (act == tag_id) & mask
-    if kind == "prm":
-        return torch.where(is_tag, p_good - center, 0.0)
     k = torch.arange(act.shape[1], device=act.device)
-    last_tag = torch.where(is_tag, k, -1).max(1).values  # -1: no tag
-    score = torch.where(last_tag >= 0, p_good.gather(1, last_tag.clamp(min=0)[:, None])[:, 0], center) - center
-    last = mask.sum(1) - 1
-    return torch.zeros_like(p_good).scatter(1, last[:, None], score[:, None])
+    last = (mask.sum(1) - 1)[:, None]  # the response's last token (EOS, or the token the limit cut at)
+    if kind == "prm":
+        score = torch.where(is_tag, p_good - center, 0.0)
+    else:
+        last_tag = torch.where(is_tag, k, -1).max(1).values  # -1: no tag
+        s = torch.where(last_tag >= 0, p_good.gather(1, last_tag.clamp(min=0)[:, None])[:, 0], center) - center
+        score = torch.zeros_like(p_good).scatter(1, last, s[:, None])
+    return score + torch.where(k[None] == last, torch.where(answered, 0.0, penalty)[:, None], 0.0)
 
 
 def total_rewards(score, old_lp, ref_lp, mask, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,20 +359,17 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
         old_lp, _ = token_logprobs(M.policy_raw, g, cfg.temperature)
         ref_lp, _ = token_logprobs(M.ref, g, cfg.temperature)
         values = grid_values(M.critic_raw, g)
-        # the reward model reads the policy's own tokens (same tokenizer): p(+) at each response token's position
-        p_good = step_logits(M.rm, g["ids"], head).softmax(-1)[..., 0].gather(1, g["pos"] + 1)
-        score = score_rewards(g["act"], g["mask"], p_good, head.tag_id, cfg.reward, cfg.reward_center)
+        p_good = step_probs(M.rm, g, head)  # the reward model reads the policy's own tokens (same tokenizer)
+        texts = [tok.decode(o.tokens) for o in outs]
+        answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
+        score = score_rewards(g["act"], g["mask"], p_good, head.tag_id, cfg.reward, cfg.reward_center, answered,
+                              cfg.no_answer_penalty)
     rows = []
-    for b, (p, o) in enumerate(zip(problems, outs)):
-        n, text = len(o.tokens), tok.decode(o.tokens)
-        answered = task.extract_answer(text) is not None
-        s = score[b, :n].tolist()
-        if not answered:  # ran out of length (or stopped) without "The answer is": penalised at its last token
-            s[-1] += cfg.no_answer_penalty
-        steps = data.split_steps(text)
+    for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
+        n, steps = len(o.tokens), data.split_steps(text)
         rows.append({"prompt": prompts[b], "response": o.tokens, "old_lp": old_lp[b, :n].tolist(),
-                     "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(), "score": s,
-                     "sampler_lp": o.sampling_logprobs, "finish": o.finish_reason, "answered": answered,
+                     "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(), "score": score[b, :n].tolist(),
+                     "sampler_lp": o.sampling_logprobs, "finish": o.finish_reason, "answered": bool(answered[b]),
                      "correct": task.grade(text, p.answer), "steps": sum(t == head.tag_id for t in o.tokens),
                      "process_ok": all(task.step_truth(p, steps)) if hasattr(task, "step_truth") and steps else None,
                      "step_scores": [x for x, t in zip(p_good[b, :n].tolist(), o.tokens) if t == head.tag_id]})
@@ -634,13 +630,13 @@ def main(argv=None) -> int:
     task, tok, head, M, start, resume = setup(cfg, d)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, val = task.load("train"), task.load("val")[:cfg.eval_problems]
+    train, val = task.load("train"), task.load("val")[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     sampler = Sampler(M.policy_raw, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)
     log = open(out / "log.jsonl", "a") if d.main else None
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
-    if not resume and cfg.eval_every:
+    if not resume and cfg.eval_problems:
         acc = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
         if d.main:
             print(f"iteration 0: held-out greedy accuracy {acc:.3f} ({len(val)} val problems)", flush=True)
@@ -662,10 +658,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"stopping: {e}. The last good checkpoint is {out / 'checkpoint'} "
                              f"(it is only ever replaced by a finite one)") from None
         stats = {"iteration": it + 1, **summarize(rows, g), **stats, **{f"time/{k}": v for k, v in timer.s.items()}}
-        if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
+        if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
             stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
-        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
-            save_checkpoint(cfg, it + 1, M, d)
         if d.main:
             log.write(json.dumps(stats) + "\n")
             log.flush()
@@ -673,8 +667,10 @@ def main(argv=None) -> int:
                             steps=f"{stats['rollout/steps']:.2f}", acc=f"{stats['rollout/accuracy']:.2f}")
             if "eval/greedy_accuracy" in stats:
                 bar.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
-    test = task.load("test")
-    acc = greedy_accuracy(cfg, M, sampler, tok, task, test, d)
+        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
+            save_checkpoint(cfg, it + 1, M, d)
+    test = task.load("test")[:cfg.test_problems] if cfg.test_problems else []
+    acc = greedy_accuracy(cfg, M, sampler, tok, task, test, d) if test else float("nan")
     if d.main:
         res = {"test_greedy_accuracy": acc, "problems": len(test), "reward": cfg.reward, "iterations": cfg.iterations}
         shepherd.atomic_write(out / "eval.json", json.dumps(res, indent=2) + "\n")

@@ -555,6 +555,16 @@ class Labeler:
             sols.append(Solution(problem, j, steps, o.tokens[:ends[len(steps) - 1] + 1]))
         return sols
 
+    def check_fits(self, sol: Solution, prompt=None, resp=None):
+        """A solution whose prompt + steps leave no room in the completer's context is bad input."""
+        if prompt is None:
+            prompt, resp = solution_tokens(self.tok, sol, self.tag_id)
+        ctx = self.comp.model.config.max_position_embeddings
+        if len(prompt) + len(resp) >= ctx:
+            where = sol.problem.meta.get("where", sol.id)
+            raise InputError(f"{where}: fields 'question' + steps: {len(prompt) + len(resp)} tokens do not fit "
+                             f"the completer's context ({ctx})")
+
     def label(self, sols: list[Solution]) -> list[dict]:
         """One prefill per solution; rollouts of every non-final step forked from it, N per step, sharing batches."""
         a, tok = self.args, self.tok
@@ -562,10 +572,7 @@ class Labeler:
         for s, sol in enumerate(sols):
             prompt, resp = solution_tokens(tok, sol, self.tag_id)
             prompt_lens.append(len(prompt))
-            ctx = self.comp.model.config.max_position_embeddings
-            if len(prompt) + len(resp) >= ctx:
-                raise InputError(f"{sol.id}: prompt + solution ({len(prompt) + len(resp)} tokens) do not fit the "
-                                 f"completer's context ({ctx})")
+            self.check_fits(sol, prompt, resp)
             seqs.append(prompt + resp)
             for k, end in enumerate(step_ends(resp, self.tag_id)[:-1]):  # the last step needs no rollouts
                 forks.append((s, len(prompt) + end + 1, k))
@@ -594,8 +601,10 @@ class Labeler:
                    "hard": [hard_label(c) for c in correct[s]] + [int(outcome)],  # last step: its own answer
                    "soft": [soft_label(c) for c in correct[s]] + [float(outcome)],
                    "rollout_answers": answers[s], "rollout_correct": [[int(x) for x in c] for c in correct[s]]}
-            if hasattr(self.task, "step_truth"):
+            try:  # the exact step truth, where the task knows it (the synthetic world's own problems)
                 rec["truth"] = [int(x) for x in self.task.step_truth(p, sol.steps)]
+            except (AttributeError, ValueError):
+                pass
             records.append(rec)
             self.stats["steps"] += len(sol.steps)
             self.stats["rollouts"] += a.num_completions * (len(sol.steps) - 1)
@@ -640,7 +649,7 @@ def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[d
             elif gold is not None:
                 problem = data.Problem(problem.id, problem.question, str(gold), problem.meta)
             problem = data.Problem(str(rec.get("id", f"{problem.id}@{Path(path).stem}-{n}")), problem.question,
-                                   problem.answer, problem.meta)
+                                   problem.answer, {**problem.meta, "where": where})
             units.append((problem, [Solution(problem, 0, steps)]))
         except InputError:
             if not skip_bad:
@@ -750,6 +759,16 @@ def cmd_label(args) -> int:
     labeler = Labeler(args, task, generator, completer, tok, tag_id)
     if args.solutions:
         units = read_solutions(args.solutions, task, args.skip_bad, labeler.stats)
+        fits = []
+        for unit in units:  # all bad input is found before anything is written
+            try:
+                labeler.check_fits(unit[1][0])
+                fits.append(unit)
+            except InputError:
+                if not args.skip_bad:
+                    raise
+                labeler.stats["skipped"] += 1
+        units = fits
     else:
         units = [(p, None) for p in task.load(args.split)[:args.limit]]
     mine = units[d.rank::d.world]  # a disjoint shard per rank; every unit is labeled alone, so shards merge exactly
@@ -793,8 +812,9 @@ def cmd_label(args) -> int:
             atomic_write(out.with_suffix(f".{fmt}.jsonl"), export(records, fmt, args.task, args.export_labels))
     if args.show:
         show(records, args.show)
-    if records and "truth" in records[0]:
-        report = quality_report(records, args.num_completions)
+    audited = [r for r in records if "truth" in r]
+    if audited:
+        report = quality_report(audited, args.num_completions)
         atomic_write(out.with_suffix(".quality.json"), json.dumps(report, indent=2) + "\n")
         print("\nlabel quality against the exact step truth (steps with rollouts):")
         print(f"  {'N':>3} {'labels':<6} {'steps':>6} {'accuracy':>9} {'FP rate':>8} {'FN rate':>8}")

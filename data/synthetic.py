@@ -309,6 +309,8 @@ def step_truth(problem: Problem, steps: list[str], allow_repeats: bool = False) 
     quantities it means) makes it right, given a reading under which all earlier steps are right.
     Once a step is False all later ones are (PRM800K labels stop at the first error), and nothing
     may follow the answer step."""
+    if "ops" not in problem.meta:
+        raise ValueError(f"{problem.id}: not a synthetic-world problem (no program in meta), so no step truth")
     nodes, quantities = _tree(problem.meta), problem.meta["quantities"]
     value = {(nid, frozenset([k]), sign): quantities[child[1]]
              for nid, (_, slots, _) in enumerate(nodes) for k, (sign, child) in enumerate(slots) if child[0] == "q"}

@@ -182,6 +182,9 @@ def test_bad_input_is_one_line_with_file_line_and_field(tmp_path):
         '{"prompt": "Q", "completions": ["1 + 1 = 2"], "labels": [true]}\n': "1: field 'gold': no gold answer",
         '{"question": "Q", "steps": [], "gold": "2"}\n': "1: field 'steps': the solution has no steps",
         '{"foo": 1}\n': "1: expected field 'input', 'prompt' or 'question'",
+        '{"question": "Q", "steps": ["1 + 1 = 2"], "gold": "2"}\n' + json.dumps(
+            {"question": "Tom has 3 apples. " * 80, "steps": ["1 + 1 = 2"], "gold": "2"}) + "\n":
+            "2: fields 'question' + steps: 490 tokens do not fit the completer's context (256)",
     }
     for i, (text, msg) in enumerate(cases.items()):
         path = tmp_path / f"bad{i}.jsonl"

@@ -161,10 +161,11 @@ def test_pathological_inputs_are_fast(monkeypatch, use_sympy):
     for text in PATHOLOGICAL:
         for pred, gold in [(f"The answer is: {text}", text), (f"The answer is: {text}", "x^{999}+1"),
                            (text, f"\\boxed{{{text}}}")]:
-            start = time.perf_counter()
+            # CPU time of this process, so that other jobs on a busy machine do not make the test flaky
+            start = time.process_time()
             grade(pred, gold)
-            elapsed = time.perf_counter() - start
-            assert elapsed < 1.0, f"{elapsed:.2f}s grading {pred[:40]!r} against {gold[:40]!r}"
+            elapsed = time.process_time() - start
+            assert elapsed < 1.0, f"{elapsed:.2f}s of CPU grading {pred[:40]!r} against {gold[:40]!r}"
 
 
 @needs_data

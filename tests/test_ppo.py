@@ -1,0 +1,250 @@
+"""ppo.py: GAE, reward placement, the KL term and the clipped losses against hand computations; the token grid
+against a plain forward; then whole runs on a tiny world built here: two gloo processes give the one-process
+update, a resumed run is the uninterrupted one, and a short run raises the mean PRM reward."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ppo
+from data import synthetic
+from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG, EOS, PAD = 8, 2, 3  # in the tiny vocabulary below
+VOCAB = ["<unk>", "<s>", "</s>", "<pad>", "▁", "\n", "1", "2", "▁ки", "▁+", "▁-"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hand computations
+
+
+def close(t: torch.Tensor, want):
+    torch.testing.assert_close(t.float(), torch.tensor(want, dtype=torch.float32), atol=1e-6, rtol=0)
+
+
+def test_gae_and_returns_by_hand():
+    # one row worked out on paper: step rewards at k = 1 (a tag) and k = 2 (the last token); gamma 1, lambda 0.95
+    r, v, m = torch.tensor([[0.0, 1.0, -0.5]]), torch.tensor([[0.5, 0.6, 0.2]]), torch.ones(1, 3, dtype=torch.bool)
+    adv, ret = ppo.gae(r, v, m, 1.0, 0.95)
+    # delta_2 = -0.5 + 0 - 0.2 = -0.7 (nothing after the last token); delta_1 = 1 + 0.2 - 0.6 = 0.6;
+    # delta_0 = 0 + 0.6 - 0.5 = 0.1.  A_2 = -0.7, A_1 = 0.6 + 0.95(-0.7) = -0.065, A_0 = 0.1 + 0.95 A_1 = 0.03825
+    assert adv[0].tolist() == pytest.approx([0.03825, -0.065, -0.7], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([0.53825, 0.535, -0.5], abs=1e-6)  # A + V
+    # rows of different lengths, garbage in the padding: each row against the direct sum A_t = sum_l (g l)^l d_{t+l}
+    L = [5, 3, 1]
+    m = torch.arange(5)[None] < torch.tensor(L)[:, None]
+    r = torch.where(m, torch.tensor([[0, .3, 0, 0, -.2], [.5, 0, .7, 0, 0], [.9, 0, 0, 0, 0]]), 0.0)
+    v = torch.where(m, torch.tensor([[.1, .2, .3, .4, .5], [.6, .7, .8, 0, 0], [.25, 0, 0, 0, 0]]), 100.0)
+    for gamma, lam in ((1.0, 0.95), (0.9, 0.8)):
+        adv, ret = ppo.gae(r, v, m, gamma, lam)
+        for b, n in enumerate(L):
+            vals = v[b, :n].tolist() + [0.0]
+            delta = [r[b, t].item() + gamma * vals[t + 1] - vals[t] for t in range(n)]
+            want = [sum((gamma * lam) ** l * delta[t + l] for l in range(n - t)) for t in range(n)]
+            assert adv[b, :n].tolist() == pytest.approx(want, abs=1e-6)
+            assert ret[b, :n].tolist() == pytest.approx([a + x for a, x in zip(want, vals)], abs=1e-6)
+            assert adv[b, n:].abs().sum() == 0 and ret[b, n:].abs().sum() == 0  # padding: nothing, whatever V says
+    w = ppo.whiten(adv, m)
+    assert w[m].mean().item() == pytest.approx(0, abs=1e-6) and w[m].std(unbiased=False).item() == pytest.approx(1, abs=1e-4)
+    assert w[~m].abs().sum() == 0
+
+
+def grid():
+    # row 0: prompt [1, 5, 6], response "6 ки 7 ки </s>"; row 1: prompt [1, 7], response "7 ки 6" cut by the limit
+    return ppo.make_grid([[1, 5, 6], [1, 7]], [[6, TAG, 7, TAG, EOS], [7, TAG, 6]], PAD, "cpu")
+
+
+def test_grid_and_reward_placement():
+    g = grid()
+    assert g["ids"].tolist() == [[1, 5, 6, 6, TAG, 7, TAG, EOS], [1, 7, 7, TAG, 6, PAD, PAD, PAD]]
+    assert g["mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
+    assert g["pos"].tolist() == [[2, 3, 4, 5, 6], [1, 2, 3, 1, 1]]  # the position whose logits predict each token
+    p = torch.tensor([[.1, .2, .3, .4, .5], [.6, .7, .8, .9, .95]])  # p(+) read at each response token
+    answered = torch.tensor([True, False])
+    prm = ppo.score_rewards(g["act"], g["mask"], p, TAG, "prm", 0.5, answered, -1.0)
+    close(prm, [[0, .2 - .5, 0, .4 - .5, 0],  # on each step's tag, not on EOS
+                [0, .7 - .5, -1.0, 0, 0]])  # the no-answer penalty on the last token; nothing on padding
+    orm = ppo.score_rewards(g["act"], g["mask"], p, TAG, "orm", 0.5, answered, -1.0)
+    close(orm, [[0, 0, 0, 0, .4 - .5],  # the LAST tag's score, on the last token (EOS)
+                [0, 0, .7 - .5 - 1.0, 0, 0]])
+    no_tag = ppo.make_grid([[1]], [[6, 7]], PAD, "cpu")
+    assert ppo.score_rewards(no_tag["act"], no_tag["mask"], torch.tensor([[.9, .9]]), TAG, "orm", 0.5,
+                             torch.tensor([False]), -1.0).tolist() == [[0, -1.0]]
+
+
+def test_kl_penalty_per_token():
+    g = grid()
+    score = torch.zeros(2, 5)
+    score[0, 1] = 0.3
+    old = torch.tensor([[-1.0, -2.0, -0.5, -0.1, -0.2], [-0.3, -0.4, -0.5, 7.0, 7.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -0.3, -0.2], [-0.3, -0.9, -0.1, 0.0, 0.0]])
+    rewards, kl = ppo.total_rewards(score, old, ref, g["mask"], 0.04)
+    close(kl, [[0.5, -1.0, 0, 0.2, 0], [0, 0.5, -0.4, 0, 0]])  # log pi_old - log pi_ref; padding (7 - 0) masked
+    close(rewards, [[-0.02, 0.3 + 0.04, 0, -0.008, 0], [0, -0.02, 0.016, 0, 0]])  # score - 0.04 kl
+
+
+def test_clipped_losses_by_hand():
+    eps = 0.2
+    old = torch.zeros(4)
+    lp = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    values = torch.tensor([0.5, 0.5, 0.5, 0.5], requires_grad=True)
+    old_v, ret = torch.zeros(4), torch.tensor([1.0, 0.3, -1.0, 0.5])
+    pg, vf, ratio = ppo.ppo_losses(lp, old, adv, values, old_v, ret, eps, 0.2)
+    # A > 0: the gain stops at 1 + eps (1.5 -> 1.2), a loss is never clipped (0.5 stays); A < 0 mirrored
+    assert pg.tolist() == pytest.approx([-1.2, -0.5, 0.8, 1.5])
+    assert ratio.tolist() == pytest.approx([1.5, 0.5, 0.5, 1.5])
+    # value: V_clip = 0 + clip(0.5, +-0.2) = 0.2;  0.5 max((V - R)^2, (V_clip - R)^2)
+    assert vf.tolist() == pytest.approx([0.5 * 0.64, 0.5 * 0.04, 0.5 * 2.25, 0.5 * 0.09])
+    (pg.sum() + vf.sum()).backward()
+    assert lp.grad.tolist() == pytest.approx([0, -0.5, 0, 1.5])  # clipped tokens pull no more: zero gradient
+    assert values.grad.tolist() == pytest.approx([0, 0.2, 1.5, 0])  # the clipped branch won: no gradient to V
+
+
+def test_logprobs_and_step_probs_read_the_right_positions(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    model = Transformer(cfg).eval()
+    g = grid()
+    with torch.no_grad():
+        lp, ent = ppo.token_logprobs(model, g, temperature=0.7, entropy=True)
+        for b, (P, resp) in enumerate([(3, [6, TAG, 7, TAG, EOS]), (2, [7, TAG, 6])]):  # each row alone, unpadded
+            logp = (model(g["ids"][b:b + 1, :P + len(resp)])[0] / 0.7).log_softmax(-1)
+            want = [logp[P - 1 + k, t].item() for k, t in enumerate(resp)]
+            assert lp[b, :len(resp)].tolist() == pytest.approx(want, abs=1e-5)
+            assert ent[b, 0].item() == pytest.approx(-(logp[P - 1].exp() * logp[P - 1]).sum().item(), abs=1e-5)
+        head = PRMHead(TAG, 9, 10)
+        p = ppo.step_probs(model, g, head)
+        tags = [p[b][g["act"][b] == TAG].tolist() for b in range(2)]
+        assert tags == [pytest.approx(s, abs=1e-6) for s in step_scores(model, g["ids"], head)]  # where the PRM trains
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny world: an 11-token vocabulary, a random policy, and a hand-made "PRM" whose p(+) at a tag grows with the
+# share of the token "1" in everything before it (uniform attention). The policy can raise it by writing more 1s.
+
+
+def build_tiny_world(root: Path) -> tuple[str, str]:
+    tok_dir = root / "tok"
+    real = synthetic._vocab
+    synthetic._vocab = lambda: VOCAB
+    try:
+        synthetic.build_tokenizer(tok_dir)
+    finally:
+        synthetic._vocab = real
+    tok = Tokenizer(tok_dir)
+    assert PRMHead.from_tokenizer(tok) == PRMHead(TAG, 9, 10) and (tok.eos_id, tok.pad_id) == (EOS, PAD)
+    V = len(VOCAB)
+    torch.manual_seed(0)
+    pc = ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=160, tie_word_embeddings=True, pad_token_id=PAD)
+    policy = Transformer(pc)
+    for p in policy.parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.02)  # near-uniform over the 11 tokens: tags and 1s are common
+    policy.save_pretrained(root / "policy", tokenizer_dir=tok_dir)
+    H = 16
+    rc = ModelConfig(vocab_size=V, hidden_size=H, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1,
+                     num_key_value_heads=1, max_position_embeddings=160, tie_word_embeddings=False, pad_token_id=PAD)
+    rm = Transformer(rc)
+    with torch.no_grad():
+        for p in rm.parameters():
+            p.zero_()
+        rm.model.embed_tokens.weight[:, :V] = torch.eye(V)  # one-hot embeddings
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            getattr(rm.model.layers[0], n).weight.fill_(1)
+        rm.model.norm.weight.fill_(1)
+        attn = rm.model.layers[0].self_attn  # q = k = 0: uniform attention over the prefix; v, o: identity
+        attn.v_proj.weight.copy_(torch.eye(H))
+        attn.o_proj.weight.copy_(torch.eye(H))
+        rm.lm_head.weight[9, 6] = 12.0  # '+' reads the share of "1"
+        rm.lm_head.weight[10, 0] = 0.5  # '-' reads the share of <unk> (the prompt's words)
+    rm.save_pretrained(root / "prm", tokenizer_dir=tok_dir)
+    return str(root / "policy"), str(root / "prm")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_tiny_world(tmp_path_factory.mktemp("world"))
+
+
+def args(world, out, *extra):
+    policy, prm = world
+    return ["--policy", policy, "--reward-model", prm, "--out", str(out), "--max-new-tokens", "16",
+            "--batch-size", "16", "--minibatch-size", "8", "--micro-batch", "4", "--epochs", "2", "--lr", "3e-3",
+            "--critic-lr", "3e-3", "--warmup", "2", "--no-answer-penalty", "0", "--eval-problems", "0",
+            "--test-problems", "0", "--quiet", *extra]
+
+
+def params(folder):
+    from safetensors.torch import load_file
+    return {**load_file(str(folder / "policy" / "model.safetensors")),
+            **{"critic." + k: v for k, v in load_file(str(folder / "critic" / "model.safetensors")).items()},
+            **{"head." + k: v for k, v in load_file(str(folder / "critic" / "value_head.safetensors")).items()}}
+
+
+def test_two_gloo_processes_make_the_one_process_update(world, tmp_path):
+    assert ppo.main(args(world, tmp_path / "one", "--iterations", "1")) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "ppo.py",
+           *args(world, tmp_path / "two", "--iterations", "1")]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = params(tmp_path / "one" / "checkpoint"), params(tmp_path / "two" / "checkpoint")
+    start = params_of_start(world)
+    moved = max((one[k] - start[k]).abs().max().item() for k in start)
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"largest parameter change in the update {moved:.2e}; largest difference one vs two processes {diff:.2e}")
+    assert moved > 1e-3 and diff < 1e-6
+    logs = [json.loads((tmp_path / x / "log.jsonl").read_text().splitlines()[-1]) for x in ("one", "two")]
+    assert logs[0]["reward/score"] == pytest.approx(logs[1]["reward/score"], abs=1e-6)
+    assert logs[0]["policy/clipfrac"] == pytest.approx(logs[1]["policy/clipfrac"], abs=1e-6)
+
+
+def params_of_start(world):
+    from safetensors.torch import load_file
+    policy, prm = world
+    return {k: v for k, v in load_file(str(Path(policy) / "model.safetensors")).items()}
+
+
+def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch):
+    a = args(world, tmp_path / "a", "--iterations", "2", "--save-every", "1")
+    b = args(world, tmp_path / "b", "--iterations", "2", "--save-every", "1")
+    assert ppo.main(a) == 0
+    real = ppo.save_checkpoint
+
+    def save_then_die(*x, **kw):  # the first checkpoint lands, then the run "crashes"
+        real(*x, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.main(b)
+    monkeypatch.setattr(ppo, "save_checkpoint", real)
+    assert torch.load(tmp_path / "b" / "checkpoint" / "trainer_state.pt", weights_only=True)["iteration"] == 1
+    assert ppo.main(b) == 0
+    pa, pb = params(tmp_path / "a" / "checkpoint"), params(tmp_path / "b" / "checkpoint")
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k  # bit-identical: same rollouts, shuffles, optimizer state, schedule
+    log = lambda x: [json.loads(s) for s in (tmp_path / x / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["reward/score"] for r in log("a")] == [r["reward/score"] for r in log("b")]
+
+
+def test_short_run_raises_the_mean_prm_reward(world, tmp_path):
+    assert ppo.main(args(world, tmp_path / "run", "--iterations", "8", "--batch-size", "32")) == 0
+    log = [json.loads(s) for s in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    p = [r["reward/mean_step_p"] for r in log]
+    score = [r["reward/score"] for r in log]
+    print("mean step p(+):", " ".join(f"{x:.3f}" for x in p))
+    print("PRM reward per response:", " ".join(f"{x:.3f}" for x in score))
+    print("steps per response:", " ".join(f"{r['rollout/steps']:.2f}" for r in log))
+    assert sum(p[-2:]) / 2 > sum(p[:2]) / 2 + 0.1
+    assert sum(score[-2:]) / 2 > sum(score[:2]) / 2
+    assert all(math.isfinite(r["loss/value"]) and r["check/sampler_logprob_err"] < 1e-4 for r in log)
