@@ -432,6 +432,12 @@ def cmd_train(args) -> int:
             extra["trainer_state.pt"] = buf.getvalue()
         raw.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
 
+    if step == 0 and held:  # where we start from, for comparison
+        rec = {"step": 0, **evaluate()}
+        if log:
+            log.write(json.dumps(rec) + "\n")
+        if d.main:
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
     model.train()
     bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step, total=args.steps)
     t0 = time.time()

@@ -119,3 +119,26 @@ def test_shipped_policy_is_in_the_accuracy_band():
     assert 0.30 <= res["accuracy"] <= 0.70
     assert len(res["first_wrong_step"]) >= 4
     assert 0 < res["correct_with_false_step"] < 0.5
+
+
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_short_prm_run_lowers_heldout_loss(tmp_path, labels):
+    """Label records whose labels are the synthetic world's exact truth (hard) or a noisy fraction (soft)."""
+    import random
+    rng = random.Random(0)
+    lines = []
+    for i, p in enumerate(synthetic.load("train")[:240]):
+        steps = data.split_steps(p.meta["solution"] if i % 2 else synthetic.corrupt(p, rng))
+        truth = synthetic.step_truth(p, steps)
+        lines.append(json.dumps({"id": p.id, "question": p.question, "steps": steps, "correct": truth[-1],
+                                 "hard": [int(t) for t in truth], "soft": [0.75 if t else 0.125 for t in truth]}))
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "prm"
+    assert shepherd.main(["train", "--objective", "prm", "--labels", labels, "--data", str(tmp_path / "labels.jsonl"),
+                          "--model", synthetic.POLICY_DIR, "--out", str(out), "--steps", "20", "--batch-size", "16",
+                          "--lr", "1e-3", "--warmup", "4", "--eval-every", "10", "--heldout", "0.15"]) == 0
+    evals = [r for r in log_of(out) if "heldout_loss" in r]
+    print(labels, [(r["step"], round(r["heldout_loss"], 3), round(r["heldout_auc"], 3)) for r in evals])
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    assert evals[-1]["heldout_loss"] < evals[0]["heldout_loss"] - 0.02
+    assert evals[-1]["heldout_auc"] > evals[0]["heldout_auc"] + 0.1
