@@ -184,3 +184,29 @@ def test_real_mistral_7b_index_and_tokenizer():
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 2, True)
     ids = tok.encode("Q? Step 1: 2+2=4 ки\nStep 2: The answer is: 4 ки")
     assert ids[0] == 1 and ids.count(12902) == 2 and ids[-1] == 12902
+
+
+def test_hub_download_follows_the_index(tmp_path, monkeypatch):
+    """A hub repo that ships both consolidated and sharded weights: only config, tokenizer files and the shards the
+    index names are fetched (huggingface_hub's hf_hub_download is replaced by a local stand-in)."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(**TINY))
+    repo = m.save_pretrained(tmp_path / "repo", max_shard_bytes=30_000)
+    first = sorted(repo.glob("model-*.safetensors"))[0]
+    (repo / "consolidated.safetensors").write_bytes(first.read_bytes())
+    asked = []
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append(filename)
+        if not (repo / filename).exists():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(repo / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    loaded = Transformer.from_pretrained("someone/tiny-mistral")
+    shards = sorted(p.name for p in repo.glob("model-*.safetensors"))
+    assert "consolidated.safetensors" not in asked and set(shards) <= set(asked)
+    assert asked[0] == "config.json" and "model.safetensors" not in asked
+    assert torch.equal(loaded.lm_head.weight, m.lm_head.weight)
