@@ -163,11 +163,10 @@ def shard(model: nn.Module, cfg: Config, dtype: torch.dtype):
     Parameters are stored fp32 (trained models) and computed in `dtype`; gradients are reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    backbone = getattr(model, "backbone", model)
-    for layer in backbone.model.layers:
+    for layer in getattr(model, "backbone", model).model.layers:
         fully_shard(layer, mp_policy=mp)
-    if not backbone.config.tie_word_embeddings:  # its own unit: the LM head is called outside the root's forward
-        fully_shard(backbone.lm_head, mp_policy=mp)
+    # the root unit (embeddings, final norm, LM head, value head) keeps its weights gathered after forward, so the
+    # LM head may be used outside the forward (token_logprobs, step_logits) as in a plain module
     fully_shard(model, mp_policy=mp)
 
 

@@ -51,22 +51,15 @@ def atomic_write(path: str | Path, data: bytes | str):
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, record) pairs; malformed JSON or a missing field is an InputError naming file and line."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            for field in required:
-                if field not in rec:
-                    raise InputError(f"{path}:{n}: missing field {field!r}")
-            out.append((n, rec))
-    return out
+    try:
+        rows = data.numbered_jsonl(path)
+    except (ValueError, OSError) as e:
+        raise InputError(str(e)) from None
+    for n, rec in rows:
+        for field in required:
+            if field not in rec:
+                raise InputError(f"{path}:{n}: missing field {field!r}")
+    return rows
 
 
 def seed_for(*parts) -> int:

@@ -72,8 +72,8 @@ def answer_from_text(text: str) -> str | None:
     return (tail if j < 0 else tail[:j]).strip()
 
 
-def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file; a bad line raises ValueError naming the file, the line and what is wrong."""
+def numbered_jsonl(path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a bad line raises ValueError naming the file and line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -82,11 +82,19 @@ def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for name in fields:
-                if not isinstance(row.get(name), str):
-                    raise ValueError(f"{path}:{lineno}: missing or non-string field {name!r}")
-            rows.append(row)
+            rows.append((lineno, row))
+    return rows
+
+
+def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL file whose `fields` are all strings; a bad line raises ValueError naming file, line, field."""
+    rows = []
+    for lineno, row in numbered_jsonl(path):
+        for name in fields:
+            if not isinstance(row.get(name), str):
+                raise ValueError(f"{path}:{lineno}: missing or non-string field {name!r}")
+        rows.append(row)
     return rows

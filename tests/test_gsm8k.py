@@ -83,7 +83,7 @@ def test_malformed_jsonl(tmp_path):
     with pytest.raises(ValueError, match=r"test\.jsonl:3: missing or non-string field 'answer'"):
         gsm8k.load("test", path=tmp_path)
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: malformed JSON"):
         gsm8k.load("test", path=tmp_path / "bad.jsonl")
     (tmp_path / "nogold.jsonl").write_text('{"question": "q", "answer": "no final line"}\n')
     with pytest.raises(ValueError, match="####"):

@@ -238,13 +238,15 @@ def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch):
 
 
 def test_short_run_raises_the_mean_prm_reward(world, tmp_path):
-    assert ppo.main(args(world, tmp_path / "run", "--iterations", "8", "--batch-size", "32")) == 0
+    assert ppo.main(args(world, tmp_path / "run", "--iterations", "8", "--batch-size", "64", "--minibatch-size", "16",
+                         "--lr", "5e-3")) == 0
     log = [json.loads(s) for s in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     p = [r["reward/mean_step_p"] for r in log]
     score = [r["reward/score"] for r in log]
     print("mean step p(+):", " ".join(f"{x:.3f}" for x in p))
     print("PRM reward per response:", " ".join(f"{x:.3f}" for x in score))
     print("steps per response:", " ".join(f"{r['rollout/steps']:.2f}" for r in log))
-    assert sum(p[-2:]) / 2 > sum(p[:2]) / 2 + 0.1
-    assert sum(score[-2:]) / 2 > sum(score[:2]) / 2
+    # measured (seeds 0, 1, 2): p(+) 0.38 0.63 ... 0.74 0.73; 0.39 0.56 ... 0.65 0.66; 0.44 0.36 ... 0.77 0.63
+    assert sum(p[-3:]) / 3 > sum(p[:2]) / 2 + 0.1
+    assert sum(score[-3:]) / 3 > sum(score[:2]) / 2
     assert all(math.isfinite(r["loss/value"]) and r["check/sampler_logprob_err"] < 1e-4 for r in log)

@@ -1,13 +1,12 @@
 """Verification: aggregations, votes and best-of-N on hand-made scores; scoring in the released PRM's layout."""
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
 import shepherd
-from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_scores
+from model import PRMHead, Tokenizer, Transformer, step_scores
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mistral-7b-v0.1"
 
