@@ -164,32 +164,23 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, nkv * d, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(nh * d, h, bias=cfg.attention_bias)
 
-    def forward(self, x, cos, sin, positions, cache_k=None, cache_v=None, kv_len=None):
+    def forward(self, x, cos, sin, positions, mask, cache_k=None, cache_v=None, kv_len=None):
+        """mask: boolean (B, 1, S, keys) from Transformer.forward, or None for plain causal attention."""
         B, S, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(B, S, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, S, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, S, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_k is None:  # plain forward: keys are this input's own tokens
-            k_pos = positions
-            if c.sliding_window is None and bool((positions == torch.arange(S, device=x.device)).all()):
-                mask, causal = None, True  # the common case: let SDPA pick its fused causal kernel
-            else:
-                mask, causal = attention_mask(positions, k_pos, c.sliding_window), False
-        else:  # cached: write this step's k/v at their positions, then attend over the first kv_len slots
+        if cache_k is not None:  # cached: write this step's k/v at their positions, attend over slots [0, kv_len)
             idx = positions[:, None, :, None].expand(B, c.num_key_value_heads, S, c.head_dim)
             cache_k[:B].scatter_(2, idx, k)
             cache_v[:B].scatter_(2, idx, v)
-            kv_len = kv_len or cache_k.shape[2]
             k, v = cache_k[:B, :, :kv_len], cache_v[:B, :, :kv_len]
-            k_pos = torch.arange(kv_len, device=x.device).expand(B, kv_len)
-            # slots beyond a row's position hold stale or padding values: the causal test j <= p hides them
-            mask, causal = attention_mask(positions, k_pos, c.sliding_window), False
         # grouped-query attention: each k/v head serves num_attention_heads / num_key_value_heads query heads
         # (enable_gqa shares them without materialising copies, as HF's repeat_kv would)
         gqa = c.num_key_value_heads != c.num_attention_heads
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -211,8 +202,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, positions, cache_k=None, cache_v=None, kv_len=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache_k, cache_v, kv_len)
+    def forward(self, x, cos, sin, positions, mask, cache_k=None, cache_v=None, kv_len=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, cache_k, cache_v, kv_len)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -264,19 +255,33 @@ class Transformer(nn.Module):
         self.source_dir: str | None = None  # where from_pretrained read it (tokenizer files are copied on save)
 
     def forward(self, input_ids, positions=None, cache: KVCache | None = None, kv_len: int | None = None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, segments=None):
         """input_ids (B, S) -> logits (B, S, vocab), or the final hidden states (B, S, hidden) if return_hidden.
 
         positions (B, S): absolute position of each token (default 0..S-1 on every row). With a cache, the
-        tokens' k/v are written into cache rows 0..B-1 at those positions and attention spans slots [0, kv_len)."""
+        tokens' k/v are written into cache rows 0..B-1 at those positions and attention spans slots [0, kv_len).
+        segments (B, S): for packed rows (several sequences in one row, positions restarting at 0 in each), a
+        sequence id per token; a token then attends only within its own sequence."""
         B, S = input_ids.shape
+        window, dev = self.config.sliding_window, input_ids.device
+        plain = positions is None and segments is None and window is None
         if positions is None:
-            positions = torch.arange(S, device=input_ids.device).expand(B, S)
+            positions = torch.arange(S, device=dev).expand(B, S)
+        if cache is not None:
+            kv_len = kv_len or cache.k[0].shape[2]
+            # slots past a row's position hold stale or padding values: the causal test j <= p hides them
+            mask = attention_mask(positions, torch.arange(kv_len, device=dev).expand(B, kv_len), window)
+        elif plain:
+            mask = None  # the common case: SDPA's fused causal kernel
+        else:
+            mask = attention_mask(positions, positions, window)
+            if segments is not None:
+                mask = mask & (segments[:, :, None] == segments[:, None, :])[:, None]
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
             ck, cv = (cache.k[i], cache.v[i]) if cache is not None else (None, None)
-            x = layer(x, cos, sin, positions, ck, cv, kv_len)
+            x = layer(x, cos, sin, positions, mask, ck, cv, kv_len)
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)
 
@@ -508,12 +513,12 @@ class PRMHead:
         return cls(tok.single_token(tag), tok.single_token(good), tok.single_token(bad))
 
 
-def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> torch.Tensor:
+def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead, **forward_kw) -> torch.Tensor:
     """(B, S) -> (B, S, 2): the LM-head logits of [good, bad] at every position, in fp32.
 
     Only the two rows of the LM head are multiplied, not the whole vocabulary. The PRM loss (shepherd.py train)
     and inference (step_scores) both read this tensor at `input_ids == head.tag_id`: one function, one position."""
-    hidden = model(input_ids, return_hidden=True)  # `model` may be a DDP/FSDP wrapper: call it, read weights inside
+    hidden = model(input_ids, return_hidden=True, **forward_kw)  # may be a DDP/FSDP wrapper: call it, read weights inside
     w = getattr(model, "module", model).lm_head.weight[[head.good_id, head.bad_id]]
     return (hidden @ w.T).float()
 

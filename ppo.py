@@ -487,6 +487,8 @@ def plain_copy(model: nn.Module, cfg: Config) -> nn.Module:
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not state:
+        return None  # gathered on rank 0 only
     backbone = getattr(model, "backbone", model)
     with torch.device("meta"):
         copy = Transformer(backbone.config)

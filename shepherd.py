@@ -209,33 +209,53 @@ def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str,
     return Example(ids, list(ex.labels), tag_mask=mask)
 
 
-def collate(batch: list[Example], pad_id: int, device) -> dict:
-    S = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), S), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(len(batch), S, dtype=torch.bool)  # kept apart from labels: -100 never becomes True
+def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dict:
+    """Right-padded rows, one example each; or, with pack_len, examples packed first-fit into rows of at most
+    pack_len tokens (positions restart and attention stays inside each example, so the loss is the same)."""
+    rows = [[e] for e in batch]
+    if pack_len:
+        rows = []
+        for e in batch:
+            fit = next((r for r in rows if sum(len(x.ids) for x in r) + len(e.ids) <= pack_len), None)
+            rows.append([e]) if fit is None else fit.append(e)
+    S = max(sum(len(e.ids) for e in r) for r in rows)
+    ids = torch.full((len(rows), S), pad_id, dtype=torch.long)
+    positions = torch.zeros(len(rows), S, dtype=torch.long)
+    segments = torch.full((len(rows), S), -1, dtype=torch.long)  # -1: padding
+    loss_mask = torch.zeros(len(rows), S, dtype=torch.bool)  # kept apart from labels: -100 never becomes True
     targets = []
-    for b, e in enumerate(batch):
-        ids[b, :len(e.ids)] = torch.tensor(e.ids)
-        if e.tag_mask is None:
-            loss_mask[b, e.loss_from:len(e.ids) - 1] = True
-        else:
-            loss_mask[b, :len(e.ids)] = torch.tensor(e.tag_mask)
-            targets += e.targets
-    return {"ids": ids.to(device), "mask": loss_mask.to(device),
-            "targets": torch.tensor(targets, dtype=torch.float32, device=device)}
+    for b, row in enumerate(rows):
+        at = 0
+        for k, e in enumerate(row):
+            n = len(e.ids)
+            ids[b, at:at + n] = torch.tensor(e.ids)
+            positions[b, at:at + n] = torch.arange(n)
+            segments[b, at:at + n] = k
+            if e.tag_mask is None:  # sft: the positions whose NEXT token is a response token of this example
+                loss_mask[b, at + e.loss_from:at + n - 1] = True
+            else:
+                loss_mask[b, at:at + n] = torch.tensor(e.tag_mask)
+                targets += e.targets
+            at += n
+    out = {"ids": ids.to(device), "mask": loss_mask.to(device),
+           "targets": torch.tensor(targets, dtype=torch.float32, device=device)}
+    if pack_len:
+        out["forward"] = {"positions": positions.to(device), "segments": segments.to(device)}
+    return out
 
 
 def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
     """Mean loss over supervised positions, plus what evaluation needs (per-step probabilities and targets)."""
     ids, mask = batch["ids"], batch["mask"]
+    kw = batch.get("forward", {})  # packed rows: positions and sequence ids
     if objective == "sft":  # next-token cross-entropy on the response tokens
-        logits = model(ids)[:, :-1]
+        logits = model(ids, **kw)[:, :-1]
         m = mask[:, :-1]
         loss = F.cross_entropy(logits[m].float(), ids[:, 1:][m])
         return loss, None, None
     # PRM/ORM: r = p(+) = softmax([l+, l-])[0] = sigmoid(l+ - l-) at the tag, the SAME step_logits used to score.
     # Math-Shepherd Eq. 2: L_PRM = sum_i y_i log r_i + (1 - y_i) log(1 - r_i) (negated); soft y_i allowed.
-    logits = step_logits(model, ids, head)[mask]
+    logits = step_logits(model, ids, head, **kw)[mask]
     margin = logits[:, 0] - logits[:, 1]
     loss = F.binary_cross_entropy_with_logits(margin, batch["targets"])
     return loss, margin.sigmoid().detach(), batch["targets"]
@@ -393,7 +413,7 @@ def cmd_train(args) -> int:
         perm = perm + perm  # wrap around the epoch end
         global_idx = perm[start:start + args.batch_size]
         mine = global_idx[(micro * d.world + d.rank) * per_rank:(micro * d.world + d.rank + 1) * per_rank]
-        return collate([train[i] for i in mine], tok.pad_id, d.device)
+        return collate([train[i] for i in mine], tok.pad_id, d.device, args.pack and raw.config.max_position_embeddings)
 
     def evaluate() -> dict:
         model.eval()
@@ -1075,6 +1095,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=32, help="global batch (examples per optimizer step)")
     t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--pack", action="store_true", help="pack several examples into each row (less padding)")
     t.add_argument("--eval-batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule ends at lr x this")

@@ -191,21 +191,26 @@ def params(folder):
 
 
 def test_two_gloo_processes_make_the_one_process_update(world, tmp_path):
+    """The same run as one process, as two data-parallel processes (DDP), and as two FSDP2 processes (every model
+    sharded): rollouts, minibatches and gradients are the same, so the parameters after the update are too."""
     assert ppo.main(args(world, tmp_path / "one", "--iterations", "1")) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "ppo.py",
-           *args(world, tmp_path / "two", "--iterations", "1")]
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    one, two = params(tmp_path / "one" / "checkpoint"), params(tmp_path / "two" / "checkpoint")
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "ppo.py",
+               *args(world, tmp_path / name, "--iterations", "1", *extra)]
+        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    one = params(tmp_path / "one" / "checkpoint")
     start = params_of_start(world)
     moved = max((one[k] - start[k]).abs().max().item() for k in start)
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    print(f"largest parameter change in the update {moved:.2e}; largest difference one vs two processes {diff:.2e}")
-    assert moved > 1e-3 and diff < 1e-6
-    logs = [json.loads((tmp_path / x / "log.jsonl").read_text().splitlines()[-1]) for x in ("one", "two")]
-    assert logs[0]["reward/score"] == pytest.approx(logs[1]["reward/score"], abs=1e-6)
-    assert logs[0]["policy/clipfrac"] == pytest.approx(logs[1]["policy/clipfrac"], abs=1e-6)
+    for name in ("ddp", "fsdp"):
+        two = params(tmp_path / name / "checkpoint")
+        diff = max((one[k] - two[k]).abs().max().item() for k in one)
+        print(f"largest parameter change in the update {moved:.2e}; largest difference one vs two processes ({name}) {diff:.2e}")
+        assert moved > 1e-3 and diff < 1e-6
+        logs = [json.loads((tmp_path / x / "log.jsonl").read_text().splitlines()[-1]) for x in ("one", name)]
+        for key in ("reward/score", "policy/clipfrac", "loss/value", "policy/approx_kl"):
+            assert logs[0][key] == pytest.approx(logs[1][key], abs=1e-6), key
 
 
 def params_of_start(world):

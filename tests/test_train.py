@@ -142,3 +142,24 @@ def test_short_prm_run_lowers_heldout_loss(tmp_path, labels):
     assert [r["step"] for r in evals] == [0, 10, 20]
     assert evals[-1]["heldout_loss"] < evals[0]["heldout_loss"] - 0.02
     assert evals[-1]["heldout_auc"] > evals[0]["heldout_auc"] + 0.1
+
+
+@pytest.mark.parametrize("objective", ["sft", "prm"])
+def test_packed_batches_give_the_padded_loss(tok_dir, objective):
+    model, tok, head = _tiny(tok_dir)
+    problems = synthetic.load("train")[:6]
+    if objective == "sft":
+        exs = [shepherd.encode_sft(tok, data.format_prompt(p.question), p.meta["solution"]) for p in problems]
+    else:
+        exs = [shepherd.encode_steps(tok, head, shepherd.StepExample(
+            data.format_prompt(p.question) + p.meta["solution"], [1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0][:p.meta["solution"].count("ки")],
+            1.0), "prm") for p in problems]
+    padded = shepherd.collate(exs, tok.pad_id, "cpu")
+    packed = shepherd.collate(exs, tok.pad_id, "cpu", pack_len=256)
+    assert packed["ids"].shape[0] < padded["ids"].shape[0]  # fewer rows
+    assert (packed["ids"] != tok.pad_id).sum() == (padded["ids"] != tok.pad_id).sum()
+    with torch.no_grad():
+        a, _, _ = shepherd.objective_loss(model, padded, objective, head)
+        b, _, _ = shepherd.objective_loss(model, packed, objective, head)
+    print(objective, padded["ids"].shape, packed["ids"].shape, a.item(), b.item())
+    assert b.item() == pytest.approx(a.item(), abs=1e-5)
