@@ -311,17 +311,19 @@ def whiten(x, mask, eps: float = 1e-8) -> torch.Tensor:
 # The losses (PPO, Schulman et al. 2017)
 
 
-def ppo_losses(lp, old_lp, adv, values, old_values, returns, clip: float, value_clip: float):
-    """Per-token losses on the grid (the caller sums them over the mask).
-    Policy (Eq. 7, negated): max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), rho = pi/pi_old: a token stops pulling once
-    its ratio has moved eps in the direction its advantage wants. Value: 0.5 max((V - R)^2, (V_clip - R)^2) with
-    V_clip = V_old + clip(V - V_old, +-value_clip): the pessimistic of the two, so one batch cannot drag the critic
-    far from the values the advantages were computed with. Returns (policy loss, value loss, ratio)."""
+def policy_loss(lp, old_lp, adv, clip: float):
+    """Per token (the caller sums over the mask): PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), negated:
+    max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), rho = pi / pi_old. A token stops pulling once its ratio has moved
+    eps in the direction its advantage wants; a move the other way is never clipped. Returns (loss, rho)."""
     ratio = (lp - old_lp).exp()
-    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
+    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)), ratio
+
+
+def value_loss(values, old_values, returns, value_clip: float):
+    """Per token: 0.5 max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, +-value_clip): the pessimistic
+    of the two, so one batch cannot drag the critic far from the values the advantages were computed with."""
     v_clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
-    vf = 0.5 * torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
-    return pg, vf, ratio
+    return 0.5 * torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -432,12 +434,14 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
             for chunk in mine.split(cfg.micro_batch):  # gradient accumulation: chunks' gradients add up
                 x = rows_of(g, chunk)
                 m = x["mask"]
-                with M.amp:
+                with M.amp:  # policy, then critic: one model's activations alive at a time
                     lp, ent = token_logprobs(M.policy, x, cfg.temperature, entropy=True)
+                pg, ratio = policy_loss(lp, x["old_lp"], x["adv"], cfg.clip)
+                (((pg - cfg.ent_coef * ent) * m).sum() * scale).backward()
+                with M.amp:
                     values = grid_values(M.critic, x)
-                pg, vf, ratio = ppo_losses(lp, x["old_lp"], x["adv"], values, x["value"], x["returns"], cfg.clip, cfg.value_clip)
-                loss = ((pg + vf - cfg.ent_coef * ent) * m).sum() * scale
-                loss.backward()
+                vf = value_loss(values, x["value"], x["returns"], cfg.value_clip)
+                ((vf * m).sum() * scale).backward()
                 with torch.no_grad():
                     log_ratio = lp - x["old_lp"]
                     sums += torch.stack([(pg * m).sum(), (vf * m).sum(), (ent * m).sum(),
@@ -594,7 +598,7 @@ def setup(cfg: Config, d: Dist):
     M.opt_policy, M.opt_critic = adamw(policy, cfg.lr), adamw(critic, cfg.critic_lr)
     start = 0
     if resume:
-        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)  # shared pages
         optim_state(policy, M.opt_policy, cfg, st["opt_policy"])
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
