@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -63,14 +64,14 @@ class Config:
     kl_coef: float = opt(0.04, "beta of the per-token KL penalty to the reference (Math-Shepherd: 0.04)")
     reward_center: float = opt(0.5, "subtracted from every reward-model score (see score_rewards)")
     no_answer_penalty: float = opt(-1.0, "added at the last token of a response that ends without a final answer")
-    epochs: int = opt(2, "PPO epochs over each batch of rollouts")
-    minibatch_size: int = opt(16, "rows per optimizer step (global)")
+    epochs: int = opt(4, "PPO epochs over each batch of rollouts")
+    minibatch_size: int = opt(64, "rows per optimizer step (global): few, large steps; rewards are noisy")
     micro_batch: int = opt(16, "rows per forward/backward on one rank (gradient accumulation)")
     clip: float = opt(0.2, "PPO ratio clip epsilon")
     value_clip: float = opt(0.2, "value clip: a new value may move this far from the rollout's")
     gamma: float = opt(1.0, "discount (GAE)")
     lam: float = opt(0.95, "GAE lambda")
-    lr: float = opt(2e-5, "policy learning rate (Mistral-7B in the paper: 1e-7)")
+    lr: float = opt(1e-5, "policy learning rate (Mistral-7B in the paper: 1e-7)")
     critic_lr: float = opt(2e-4, "value model learning rate")
     min_lr_ratio: float = opt(0.1, "cosine decay to lr x this (the paper: 1e-7 -> 1e-8)")
     warmup: int = opt(10, "optimizer steps of linear warmup")
@@ -82,7 +83,7 @@ class Config:
     eval_problems: int = opt(200, "held-out problems for it (the task's val split)")
     test_problems: int = opt(500, "test problems for the final greedy accuracy (0: none)")
     save_every: int = opt(10, "checkpoint every this many iterations (and at the end)")
-    rm_problems: int = opt(200, "reward-model build: problems to label (4 solutions x 4 completions each)")
+    rm_problems: int = opt(400, "reward-model build: problems to label (4 solutions x 4 completions each)")
     rm_steps: int = opt(300, "reward-model build: training steps")
     device: str = opt("", "cpu or cuda (default: cuda if available)")
     dtype: str = opt("auto", "float32 | bfloat16 for the frozen models and FSDP compute (auto: bf16 on CUDA)")
@@ -138,7 +139,7 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
         return cfg.reward_model
     w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
     key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
-    cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}-seed{cfg.seed}"
+    cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"  # one per policy, not per seed
     path = cache / cfg.reward
     if not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
         if d.main:
@@ -146,12 +147,12 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # one labeling serves the PRM and the ORM
         rc = 0 if done.exists() else shepherd.main(
             ["label", "--model", policy_dir, "--limit", str(cfg.rm_problems), "--num-solutions", "4", "--num-completions",
-             "4", "--max-new-tokens", "96", "--seed", str(cfg.seed), "--out", str(labels)])  # resumable
+             "4", "--max-new-tokens", "96", "--seed", "0", "--out", str(labels)])  # resumable
         if rc == 0 and d.main:
             done.touch()
         rc = rc or shepherd.main(["train", "--objective", cfg.reward, "--data", str(labels), "--model", policy_dir,
                                   "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32", "--lr", "5e-4",
-                                  "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", str(cfg.seed)])
+                                  "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", "0"])
         if rc:
             raise RuntimeError(f"building the reward model in {path} failed (exit code {rc})")
     barrier(d)
@@ -394,9 +395,9 @@ def build_batch(cfg: Config, rows: list[dict], M) -> dict:
     for key in ("old_lp", "ref_lp", "value", "score"):
         g[key] = pad_rows([r[key] for r in rows], 0.0, torch.float32, M.device, R)
     g["rewards"], g["kl"] = total_rewards(g["score"], g["old_lp"], g["ref_lp"], g["mask"], cfg.kl_coef)
-    assert not g["rewards"][~g["mask"]].any(), "a reward sits on padding"
     if not torch.isfinite(g["rewards"]).all() or not torch.isfinite(g["value"]).all():
         raise NonFinite("non-finite rewards or values in the rollout")
+    assert not g["rewards"][~g["mask"]].any(), "a reward sits on padding"
     adv, g["returns"] = gae(g["rewards"], g["value"], g["mask"], cfg.gamma, cfg.lam)
     g["adv"] = whiten(adv, g["mask"])
     return g
@@ -545,10 +546,6 @@ def save_checkpoint(cfg: Config, it: int, M, d: Dist):
 # The loop
 
 
-class Models:  # everything the pieces above share, in one place
-    pass
-
-
 def setup(cfg: Config, d: Dist):
     task = data.get_task(cfg.task)
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
@@ -559,7 +556,7 @@ def setup(cfg: Config, d: Dist):
     resume = (ckpt / "trainer_state.pt").exists() and not cfg.restart
     cuda = d.device.startswith("cuda")
     frozen = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    M = Models()
+    M = SimpleNamespace()  # everything the pieces above share
     M.device = d.device
     # trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast)
     M.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()

@@ -23,3 +23,17 @@ for seed in "${@:-0 1 2}"; do
     echo "seed $s: $(( $(date +%s) - start ))s"
   done
 done
+# the table across seeds: mean ± std of each seed's accuracy
+python - "$@" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+runs = sorted(Path("runs/table1").glob("seed*/verify/results.json"))
+curves = [json.loads(p.read_text())["curve"] for p in runs]
+ns = sorted(set.intersection(*(set(c) for c in curves)), key=int)
+methods = list(curves[0][ns[0]])
+print(f"\nbest-of-N accuracy over {len(runs)} seeds (mean ± std across seeds)")
+print(f"{'N':>4} " + " ".join(f"{m:>14}" for m in methods))
+for n in ns:
+    vals = [[c[n][m]["mean"] for c in curves] for m in methods]
+    print(f"{n:>4} " + " ".join(f"{statistics.mean(v):>7.3f} ±{statistics.pstdev(v):.3f}" for v in vals))
+PY

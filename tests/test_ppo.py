@@ -256,3 +256,17 @@ def test_short_run_raises_the_mean_prm_reward(world, tmp_path):
     assert sum(p[-3:]) / 3 > sum(p[:2]) / 2 + 0.1
     assert sum(score[-3:]) / 3 > sum(score[:2]) / 2
     assert all(math.isfinite(r["loss/value"]) and r["check/sampler_logprob_err"] < 1e-4 for r in log)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path, monkeypatch):
+    real, calls = ppo.step_probs, []
+
+    def nan_on_second_iteration(*a):
+        calls.append(1)
+        p = real(*a)
+        return p * float("nan") if len(calls) == 2 else p
+
+    monkeypatch.setattr(ppo, "step_probs", nan_on_second_iteration)
+    with pytest.raises(SystemExit, match="non-finite rewards.*last good checkpoint is .*checkpoint"):
+        ppo.main(args(world, tmp_path / "run", "--iterations", "3", "--save-every", "1"))
+    assert torch.load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=True)["iteration"] == 1
