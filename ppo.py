@@ -57,8 +57,8 @@ class Config:
     out: str = opt("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
     restart: bool = opt(False, "ignore a checkpoint in --out")
     seed: int = opt(0, "every random choice derives from it (rollout seeds, prompt order, minibatch shuffles)")
-    iterations: int = opt(40, "rollout + update rounds")
-    batch_size: int = opt(64, "prompts per iteration (global), one sampled response each")
+    iterations: int = opt(30, "rollout + update rounds")
+    batch_size: int = opt(128, "prompts per iteration (global), one sampled response each")
     max_new_tokens: int = opt(128, "response length limit (the paper: 512 tokens in all)")
     temperature: float = opt(1.0, "the policy being trained IS softmax(logits / temperature), in sampling and training")
     kl_coef: float = opt(0.04, "beta of the per-token KL penalty to the reference (Math-Shepherd: 0.04)")
@@ -71,16 +71,15 @@ class Config:
     value_clip: float = opt(0.2, "value clip: a new value may move this far from the rollout's")
     gamma: float = opt(1.0, "discount (GAE)")
     lam: float = opt(0.95, "GAE lambda")
-    lr: float = opt(1e-5, "policy learning rate (Mistral-7B in the paper: 1e-7)")
+    lr: float = opt(3e-6, "policy learning rate (Mistral-7B in the paper: 1e-7)")
     critic_lr: float = opt(2e-4, "value model learning rate")
     min_lr_ratio: float = opt(0.1, "cosine decay to lr x this (the paper: 1e-7 -> 1e-8)")
     warmup: int = opt(10, "optimizer steps of linear warmup")
     weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)")
     max_grad_norm: float = opt(1.0, "gradient-norm clipping, per model")
-    ent_coef: float = opt(0.0, "entropy bonus (0: the KL penalty already keeps the policy near the reference)")
     critic_init: str = opt("reward", "value backbone from the reward model ('reward') or the policy ('policy')")
     eval_every: int = opt(10, "held-out greedy accuracy every this many iterations (and at the end)")
-    eval_problems: int = opt(200, "held-out problems for it (the task's val split)")
+    eval_problems: int = opt(500, "held-out problems for it (the task's val split; test where it has none)")
     test_problems: int = opt(500, "test problems for the final greedy accuracy (0: none)")
     save_every: int = opt(10, "checkpoint every this many iterations (and at the end)")
     rm_problems: int = opt(400, "reward-model build: problems to label (4 solutions x 4 completions each)")
@@ -225,7 +224,7 @@ def token_logprobs(model: nn.Module, g: dict, temperature: float, entropy: bool 
     h = hidden.gather(1, g["pos"][..., None].expand(-1, -1, hidden.shape[-1]))
     logp = (unwrap(model).lm_head(h).float() / temperature).log_softmax(-1)
     lp = logp.gather(-1, g["act"][..., None]).squeeze(-1)
-    ent = -(logp.exp() * logp).sum(-1) if entropy else None
+    ent = -(logp.exp() * logp).sum(-1).detach() if entropy else None  # logged only
     return lp, ent
 
 
@@ -335,15 +334,12 @@ class NonFinite(RuntimeError):
     pass
 
 
-class Timer:
-    def __init__(self):
-        self.s = {}
-
+class Timer(dict):  # seconds per phase of an iteration: with timer("generate"): ...
     @contextlib.contextmanager
     def __call__(self, name: str):
         t = time.perf_counter()
         yield
-        self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - t
+        self[name] = self.get(name, 0.0) + time.perf_counter() - t
 
 
 @torch.no_grad()
@@ -380,11 +376,10 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
 
 def gather_rows(rows: list[dict], d: Dist) -> list[dict]:
     """Every rank gets every row, in global order: ranks hold contiguous slices of the prompts, so the gathered batch
-    is exactly the one-process batch, and so are the minibatches cut from it."""
-    if d.world == 1:
-        return rows
-    parts = [None] * d.world
-    torch.distributed.all_gather_object(parts, rows)
+    is exactly the one-process batch, and so are the minibatches cut from it. (Token ids and floats: small.)"""
+    parts = [rows] * d.world
+    if d.world > 1:
+        torch.distributed.all_gather_object(parts, rows)
     return [r for part in parts for r in part]
 
 
@@ -438,7 +433,7 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
                 with M.amp:  # policy, then critic: one model's activations alive at a time
                     lp, ent = token_logprobs(M.policy, x, cfg.temperature, entropy=True)
                 pg, ratio = policy_loss(lp, x["old_lp"], x["adv"], cfg.clip)
-                (((pg - cfg.ent_coef * ent) * m).sum() * scale).backward()
+                ((pg * m).sum() * scale).backward()  # no entropy bonus: the KL penalty holds the policy near pi_ref
                 with M.amp:
                     values = grid_values(M.critic, x)
                 vf = value_loss(values, x["value"], x["returns"], cfg.value_clip)
@@ -632,7 +627,8 @@ def main(argv=None) -> int:
     task, tok, head, M, start, resume = setup(cfg, d)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, val = task.load("train"), task.load("val")[:cfg.eval_problems] if cfg.eval_problems else []
+    heldout = "val" if "val" in getattr(task, "SPLIT_SIZES", getattr(task, "SPLITS", ())) else "test"  # GSM8K: no val
+    train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     sampler = Sampler(M.policy_raw, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)
     log = open(out / "log.jsonl", "a") if d.main else None
@@ -641,7 +637,7 @@ def main(argv=None) -> int:
     if not resume and cfg.eval_problems:
         acc = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
         if d.main:
-            print(f"iteration 0: held-out greedy accuracy {acc:.3f} ({len(val)} val problems)", flush=True)
+            print(f"iteration 0: held-out greedy accuracy {acc:.3f} ({len(val)} {heldout} problems)", flush=True)
             log.write(json.dumps({"iteration": 0, "eval/greedy_accuracy": acc}) + "\n")
     bar = shepherd.progress(range(start, cfg.iterations), d, desc=f"ppo {cfg.reward}", initial=start,
                             total=cfg.iterations, quiet=cfg.quiet)
@@ -659,7 +655,7 @@ def main(argv=None) -> int:
         except NonFinite as e:
             raise SystemExit(f"stopping: {e}. The last good checkpoint is {out / 'checkpoint'} "
                              f"(it is only ever replaced by a finite one)") from None
-        stats = {"iteration": it + 1, **summarize(rows, g), **stats, **{f"time/{k}": v for k, v in timer.s.items()}}
+        stats = {"iteration": it + 1, **summarize(rows, g), **stats, **{f"time/{k}": v for k, v in timer.items()}}
         if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
             stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
         if d.main:
