@@ -52,7 +52,8 @@ def opt(default, help: str):
 class Config:
     task: str = opt("synthetic", "task (data.TASKS): the prompts and the grader")
     policy: str = opt("", "SFT policy checkpoint (default: the synthetic world's tiny policy); also the frozen reference")
-    reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); orm: one outcome score at the end")
+    reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); orm: one outcome score at the "
+                             "end; truth: exact step labels as p(+), an oracle PRM (tasks with step_truth: diagnosis)")
     reward_model: str = opt("", "reward model checkpoint; default: built from the policy and cached in runs/ppo-rm/")
     out: str = opt("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
     restart: bool = opt(False, "ignore a checkpoint in --out")
@@ -99,8 +100,8 @@ def parse_args(argv=None) -> Config:
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"] + f" ({f.default})")
     cfg = Config(**vars(p.parse_args(argv)))
-    if cfg.reward not in ("prm", "orm") or cfg.critic_init not in ("reward", "policy"):
-        p.error("--reward is prm or orm; --critic-init is reward or policy")
+    if cfg.reward not in ("prm", "orm", "truth") or cfg.critic_init not in ("reward", "policy"):
+        p.error("--reward is prm, orm or truth; --critic-init is reward or policy")
     return cfg
 
 
@@ -139,17 +140,18 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
     key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
     cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"  # one per policy, not per seed
-    path = cache / cfg.reward
+    kind = "orm" if cfg.reward == "orm" else "prm"  # truth: the PRM still starts the critic
+    path = cache / kind
     if not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
         if d.main:
-            print(f"building the {cfg.reward.upper()} in {path} (once; cached)", flush=True)
+            print(f"building the {kind.upper()} in {path} (once; cached)", flush=True)
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # one labeling serves the PRM and the ORM
         rc = 0 if done.exists() else shepherd.main(
             ["label", "--model", policy_dir, "--limit", str(cfg.rm_problems), "--num-solutions", "4", "--num-completions",
              "4", "--max-new-tokens", "96", "--seed", "0", "--out", str(labels)])  # resumable
         if rc == 0 and d.main:
             done.touch()
-        rc = rc or shepherd.main(["train", "--objective", cfg.reward, "--data", str(labels), "--model", policy_dir,
+        rc = rc or shepherd.main(["train", "--objective", kind, "--data", str(labels), "--model", policy_dir,
                                   "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32", "--lr", "5e-4",
                                   "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", "0"])
         if rc:
@@ -257,13 +259,24 @@ def score_rewards(act, mask, p_good, tag_id: int, kind: str, center: float, answ
     is_tag = (act == tag_id) & mask
     k = torch.arange(act.shape[1], device=act.device)
     last = (mask.sum(1) - 1)[:, None]  # the response's last token (EOS, or the token the limit cut at)
-    if kind == "prm":
-        score = torch.where(is_tag, p_good - center, 0.0)
-    else:
+    if kind == "orm":
         last_tag = torch.where(is_tag, k, -1).max(1).values  # -1: no tag
         s = torch.where(last_tag >= 0, p_good.gather(1, last_tag.clamp(min=0)[:, None])[:, 0], center) - center
         score = torch.zeros_like(p_good).scatter(1, last, s[:, None])
+    else:  # prm (and truth, an exact PRM)
+        score = torch.where(is_tag, p_good - center, 0.0)
     return score + torch.where(k[None] == last, torch.where(answered, 0.0, penalty)[:, None], 0.0)
+
+
+def oracle_step_probs(task, problems, texts, act, mask, tag_id: int) -> torch.Tensor:
+    """--reward truth: p(+) = 1 at the tag of a step the task's exact step truth accepts, else 0. A perfect PRM, to
+    tell a weak reward model from a weak PPO (the synthetic world only)."""
+    p = torch.zeros(act.shape, device=act.device)
+    for b, (problem, text) in enumerate(zip(problems, texts)):
+        tags = ((act[b] == tag_id) & mask[b]).nonzero()[:, 0].tolist()
+        for k, ok in zip(tags, task.step_truth(problem, data.split_steps(text))):
+            p[b, k] = float(ok)
+    return p
 
 
 def total_rewards(score, old_lp, ref_lp, mask, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,6 +372,8 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
         values = grid_values(M.critic_raw, g)
         p_good = step_probs(M.rm, g, head)  # the reward model reads the policy's own tokens (same tokenizer)
         texts = [tok.decode(o.tokens) for o in outs]
+        if cfg.reward == "truth":
+            p_good = oracle_step_probs(task, problems, texts, g["act"], g["mask"], head.tag_id)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
         score = score_rewards(g["act"], g["mask"], p_good, head.tag_id, cfg.reward, cfg.reward_center, answered,
                               cfg.no_answer_penalty)

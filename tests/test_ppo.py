@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import ppo
 from data import synthetic
 from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_scores
@@ -125,6 +126,19 @@ def test_logprobs_and_step_probs_read_the_right_positions(tmp_path):
         p = ppo.step_probs(model, g, head)
         tags = [p[b][g["act"][b] == TAG].tolist() for b in range(2)]
         assert tags == [pytest.approx(s, abs=1e-6) for s in step_scores(model, g["ids"], head)]  # where the PRM trains
+
+
+def test_oracle_step_rewards_follow_the_exact_truth(tmp_path):
+    synthetic.build_tokenizer(tmp_path)
+    tok = Tokenizer(tmp_path)
+    tag = PRMHead.from_tokenizer(tok).tag_id
+    problem = synthetic.load("test", 3)[2]
+    steps = data.split_steps(problem.meta["solution"])
+    texts = [data.join_steps(steps), data.join_steps(steps[:1] + ["1 + 1 = 2"] + steps[2:])]
+    g = ppo.make_grid([[1], [1]], [tok.encode(t, bos=False) + [tok.eos_id] for t in texts], tok.pad_id, "cpu")
+    p = ppo.oracle_step_probs(synthetic, [problem, problem], texts, g["act"], g["mask"], tag)
+    assert [p[b][g["act"][b] == tag].tolist() for b in range(2)] == [[1.0] * len(steps), [1.0] + [0.0] * (len(steps) - 1)]
+    assert p[g["act"] != tag].abs().sum() == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
