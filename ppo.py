@@ -678,8 +678,8 @@ def main(argv=None) -> int:
             log.flush()
             bar.set_postfix(score=f"{stats['reward/score']:.3f}", kl=f"{stats['policy/kl']:.3f}",
                             steps=f"{stats['rollout/steps']:.2f}", acc=f"{stats['rollout/accuracy']:.2f}")
-            if "eval/greedy_accuracy" in stats:
-                bar.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
+            if "eval/greedy_accuracy" in stats:  # 4 significant digits: an lr of 3e-6 must not print as 0.0
+                bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in stats.items()}))
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save_checkpoint(cfg, it + 1, M, d)
     test = task.load("test")[:cfg.test_problems] if cfg.test_problems else []
