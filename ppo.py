@@ -128,7 +128,8 @@ class ValueModel(nn.Module):
             backbone.lm_head.weight.requires_grad_(False)
 
     def forward(self, ids):
-        return self.head(self.backbone(ids, return_hidden=True)).squeeze(-1).float()  # (B, S)
+        # (B, S); sum over the size-1 dim rather than squeeze: a module returning a view makes FSDP2 warn
+        return self.head(self.backbone(ids, return_hidden=True)).float().sum(-1)
 
 
 def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
