@@ -147,13 +147,14 @@ def workload_section(args):
     att = (torch.arange(S)[None] >= torch.tensor([S - len(p) for p in prompts])[:, None]).long()
     sampler = Sampler(ours, max_batch=B, max_len=S + new)
 
-    def hf_run(**sampling):
+    def hf_run(**sampling):  # seeded: every timed call makes the same tokens as the counted one
+        torch.manual_seed(0)
         out = hf.generate(ids, attention_mask=att, max_new_tokens=new, pad_token_id=tok.pad_id,
                           eos_token_id=tok.eos_id, **(sampling or dict(do_sample=False)))[:, S:].tolist()
         return [row[:row.index(tok.eos_id) + 1] if tok.eos_id in row else row for row in out]
 
     def ours_run(**sampling):
-        return [o.tokens for o in sampler.generate(prompts, new, **(sampling or dict(temperature=0)))]
+        return [o.tokens for o in sampler.generate(prompts, new, seed=0, **(sampling or dict(temperature=0)))]
 
     print(f"workload: the synthetic policy ({ours.num_params() / 1e6:.2f} M params), {B} test problems, prompts "
           f"{min(map(len, prompts))}-{S} tokens, up to {new} new tokens, until eos; {torch.get_num_threads()} "
@@ -161,7 +162,6 @@ def workload_section(args):
     rows = []
     for name, kw_hf, kw_ours in [("greedy", {}, {}),
                                  ("T=1 (labeling rollouts)", dict(do_sample=True, top_k=0), dict(temperature=1.0))]:
-        torch.manual_seed(0)
         n_hf, n_ours = (sum(map(len, f())) for f in (lambda: hf_run(**kw_hf), lambda: ours_run(**kw_ours)))
         t = paired_times({"hf": lambda: hf_run(**kw_hf), "ours": lambda: ours_run(**kw_ours)}, args.repeats)
         same = "yes" if hf_run() == ours_run() else "NO"
