@@ -559,6 +559,8 @@ def save_checkpoint(cfg: Config, it: int, M, d: Dist):
 
 def setup(cfg: Config, d: Dist):
     task = data.get_task(cfg.task)
+    if cfg.reward == "truth" and not hasattr(task, "step_truth"):
+        raise SystemExit(f"--reward truth needs a task that knows each step's truth (synthetic); {cfg.task} does not")
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
     if not Path(policy_dir, "config.json").exists() and cfg.task == "synthetic" and not cfg.policy:
         raise SystemExit(f"{policy_dir}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")

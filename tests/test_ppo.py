@@ -141,6 +141,11 @@ def test_oracle_step_rewards_follow_the_exact_truth(tmp_path):
     assert p[g["act"] != tag].abs().sum() == 0
 
 
+def test_oracle_reward_refuses_a_task_without_step_truth():
+    with pytest.raises(SystemExit, match="--reward truth needs a task that knows each step's truth"):
+        ppo.main(["--task", "gsm8k", "--reward", "truth", "--quiet"])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # A tiny world: an 11-token vocabulary, a random policy, and a hand-made "PRM" whose p(+) at a tag grows with the
 # share of the token "1" in everything before it (uniform attention). The policy can raise it by writing more 1s.
