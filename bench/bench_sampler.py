@@ -28,34 +28,26 @@ SHAPES = {  # name: (hidden, intermediate, layers, heads, kv heads, vocab); Mist
 }
 
 
-def best_time(fn, repeats: int) -> float:
-    """The fastest of `repeats` timed runs (after one untimed warm-up), synchronising CUDA around each."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def paired_times(fns: dict, repeats: int) -> dict:
-    """The fastest of `repeats` timed runs of each function, the functions taking turns (A B A B ...): on a shared or
-    virtual machine the speed drifts by tens of percent within a minute, and interleaving exposes both sides to
-    the same drift."""
+    """The fastest of `repeats` timed runs of each function (after one untimed warm-up each), the functions taking
+    turns (A B A B ...): on a shared or virtual machine the speed drifts by tens of percent within a minute, and
+    interleaving exposes both sides to the same drift. CUDA is synchronised around each run."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns.values():
-        fn()  # warm-up
+        fn()
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             best[k] = min(best[k], time.perf_counter() - t)
     return best
+
+
+def best_time(fn, repeats: int) -> float:
+    return paired_times({"fn": fn}, repeats)["fn"]
 
 
 def hf_generate(hf, ids, new, **sampling):
