@@ -121,21 +121,25 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # normalise in fp32 (bf16 squares lose too much), cast back, then scale: the order HF uses. F.rms_norm is
-        # x * rsqrt(mean(x^2) + eps) in one call, where the spelled-out form costs five small ops per norm.
+        # x * rsqrt(mean(x^2) + eps) in one call, where the spelled-out form costs five small ops per norm. In fp32
+        # there is nothing to cast, and the weight goes inside the call: the same products, bit for bit.
+        if x.dtype == self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos and signed sin, each (B, 1, S, head_dim), for absolute positions (B, S); computed in fp32, then cast.
+def rope_table(length: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin for positions 0..length-1, each (length, head_dim), in fp32 (HF computes them in fp32 too).
 
     Half-split convention ("rotate_half"): frequency k drives dimensions k and k + head_dim/2. Hugging Face's
     q/k weights are laid out for exactly this, so they load unchanged (the interleaved convention would need them
     permuted, and would run without error and give wrong logits). The sin carries the rotation's sign, -sin on the
-    first half and +sin on the second, so that apply_rope needs no negation (see there)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.float()[:, None, :, None] * inv_freq  # (B, 1, S, head_dim/2); the 1 broadcasts over heads
+    first half and +sin on the second, so that apply_rope needs no negation (see there). Transformer builds the
+    table once and looks rows up by position: a decode step then costs one gather, not ten small ops."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq  # (length, head_dim/2)
     sin = angles.sin()
-    return torch.cat([angles, angles], -1).cos().to(dtype), torch.cat([-sin, sin], -1).to(dtype)
+    return torch.cat([angles, angles], -1).cos(), torch.cat([-sin, sin], -1)
 
 
 def apply_rope(x, cos, sin):
@@ -146,8 +150,9 @@ def apply_rope(x, cos, sin):
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None):
-    """Boolean (B, 1, Sq, Sk): a query at position p sees keys at positions j with p - window < j <= p."""
-    diff = q_pos[:, :, None] - k_pos[:, None, :]
+    """Boolean (B, 1, Sq, Sk): a query at position p sees keys at positions j with p - window < j <= p.
+    q_pos is (B, Sq); k_pos is (B, Sk), or (Sk,) when every row's keys sit at the same positions (a cache's slots)."""
+    diff = q_pos[:, :, None] - k_pos[..., None, :]
     ok = diff >= 0
     if window is not None:
         ok = ok & (diff < window)
@@ -253,6 +258,16 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.source_dir: str | None = None  # where from_pretrained read it (tokenizer files are copied on save)
+        self._rope: dict = {}  # (device, dtype) -> the rope_table, built at first use (not a parameter or buffer)
+
+    def rope(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rope_table for every position up to max_position_embeddings (or x's length, if longer), in x's
+        dtype on x's device: computed in fp32 once, then cast, as HF casts cos/sin to the activations' dtype."""
+        key, cfg = (x.device, x.dtype), self.config
+        if key not in self._rope or self._rope[key][0].shape[0] < x.shape[1]:
+            length = max(cfg.max_position_embeddings, x.shape[1])
+            self._rope[key] = tuple(t.to(x.dtype) for t in rope_table(length, cfg.head_dim, cfg.rope_theta, x.device))
+        return self._rope[key]
 
     def forward(self, input_ids, positions=None, cache: KVCache | None = None, kv_len: int | None = None,
                 return_hidden: bool = False, segments=None):
@@ -269,8 +284,10 @@ class Transformer(nn.Module):
             positions = torch.arange(S, device=dev).expand(B, S)
         if cache is not None:
             kv_len = kv_len or cache.k[0].shape[2]
-            # slots past a row's position hold stale or padding values: the causal test j <= p hides them
-            mask = attention_mask(positions, torch.arange(kv_len, device=dev).expand(B, kv_len), window)
+            # slots past a row's position hold stale or padding values: the causal test j <= p hides them. Every
+            # query position is < kv_len, so a window of kv_len or more cuts nothing and is left out.
+            window = window if window and window < kv_len else None
+            mask = attention_mask(positions, torch.arange(kv_len, device=dev), window)
         elif plain:
             mask = None  # the common case: SDPA's fused causal kernel
         else:
@@ -278,7 +295,7 @@ class Transformer(nn.Module):
             if segments is not None:
                 mask = mask & (segments[:, :, None] == segments[:, None, :])[:, None]
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = (t[positions][:, None] for t in self.rope(x))  # (B, 1, S, head_dim): broadcast over heads
         for i, layer in enumerate(self.model.layers):
             ck, cv = (cache.k[i], cache.v[i]) if cache is not None else (None, None)
             x = layer(x, cos, sin, positions, mask, ck, cv, kv_len)
