@@ -268,7 +268,7 @@ class Sampler:
 
         b = self._bucket(n)
         T = max(r.max_new for r in rows)
-        # "last": the count at which a row has its max_new tokens; "row": which of the chunk's rows a slot holds
+        # "last": the index of a row's last allowed token (max_new - 1); "row": which chunk row a slot holds
         init = dict(tok=[0] * n, pos=[r.prefix - 1 for r in rows], count=[0] * n, key=[row_key(r.seed) for r in rows],
                     top_k=[top_k] * n, last=[r.max_new - 1 for r in rows], row=list(range(n)),
                     temp=[temperature] * n, top_p=[top_p] * n, done=[False] * n)
@@ -289,7 +289,7 @@ class Sampler:
         hi = max(r.prefix for r in rows)  # an upper bound on the live rows' positions, exact after each check
         check = 8 if dev.type == "cuda" else 4  # reading the live count syncs with the GPU; on CPU it costs ops
         for step in range(1, T):
-            if step % check == 1:
+            if (step - 1) % check == 0:
                 live = ~st["done"][:b]
                 n_live, hi = torch.stack([live.sum(), (st["pos"][:b] * live).max()]).tolist()
                 if n_live == 0:
