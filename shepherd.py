@@ -433,15 +433,15 @@ def cmd_train(args) -> int:
             res["heldout_auc"] = auc(probs, targets)
         return res
 
-    def save(final: bool):
+    def save(done_steps: int, final: bool):
         if not d.main:
             return
         extra = {}
         if final:
-            extra["trainer_state.json"] = json.dumps({"step": step, "done": True}).encode()
+            extra["trainer_state.json"] = json.dumps({"step": done_steps, "done": True}).encode()
         else:
             buf = io.BytesIO()
-            torch.save({"optimizer": opt.state_dict(), "step": step}, buf)
+            torch.save({"optimizer": opt.state_dict(), "step": done_steps}, buf)
             extra["trainer_state.pt"] = buf.getvalue()
         raw.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
 
@@ -478,11 +478,8 @@ def cmd_train(args) -> int:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            step += 1
-            save(final=False)
-            step -= 1
-    step = args.steps
-    save(final=True)
+            save(step + 1, final=False)
+    save(args.steps, final=True)
     barrier(d)
     if str(tok_dir).startswith(tempfile.gettempdir()) and Path(tok_dir).name.startswith("shepherd-tokenizer-"):
         shutil.rmtree(tok_dir, ignore_errors=True)  # the scratch tokenizer now lives in the checkpoint
