@@ -371,10 +371,11 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
         old_lp, _ = token_logprobs(M.policy_raw, g, cfg.temperature)
         ref_lp, _ = token_logprobs(M.ref, g, cfg.temperature)
         values = grid_values(M.critic_raw, g)
-        p_good = step_probs(M.rm, g, head)  # the reward model reads the policy's own tokens (same tokenizer)
         texts = [tok.decode(o.tokens) for o in outs]
         if cfg.reward == "truth":
             p_good = oracle_step_probs(task, problems, texts, g["act"], g["mask"], head.tag_id)
+        else:
+            p_good = step_probs(M.rm, g, head)  # the reward model reads the policy's own tokens (same tokenizer)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
         score = score_rewards(g["act"], g["mask"], p_good, head.tag_id, cfg.reward, cfg.reward_center, answered,
                               cfg.no_answer_penalty)
@@ -645,7 +646,7 @@ def main(argv=None) -> int:
     task, tok, head, M, start, resume = setup(cfg, d)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    heldout = "val" if "val" in getattr(task, "SPLIT_SIZES", getattr(task, "SPLITS", ())) else "test"  # GSM8K: no val
+    heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     sampler = Sampler(M.policy_raw, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)

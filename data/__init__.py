@@ -5,6 +5,7 @@ A task module (data/synthetic.py, data/gsm8k.py, data/math_task.py) provides
     load(split)                 -> list[Problem]
     grade(completion, gold)     -> bool      (the single entry point every caller uses)
     extract_answer(text)        -> str | None
+    SPLITS                      -> the split names load() accepts
 
 and everything shares the Math-Shepherd solution format defined here: steps that each end with the
 step tag " ки", the last one "The answer is: X ки".  Example (one step per line):

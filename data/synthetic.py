@@ -41,6 +41,7 @@ POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")  # the ti
 POLICY_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch --steps 1200 "
                   "--batch-size 32 --lr 1e-3 --seed 0 --out data/synthetic_policy")
 SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 500}
+SPLITS = tuple(SPLIT_SIZES)
 
 # -----------------------------------------------------------------------------
 # the stories
