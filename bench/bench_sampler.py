@@ -5,7 +5,9 @@
 CPU: a few-M-parameter Mistral-shaped model with random weights, batch 16, equal-length prompts, a fixed number of new
 tokens (no eos), greedy (the tokens are compared too) and sampled. GPU (when CUDA is there): random bf16 weights of
 the real Mistral-7B shape; batch-1 decode against the HBM roofline (copy bandwidth measured here), and batch 64 with
-CUDA graphs on and off against transformers. A benchmark, not a test: it asserts nothing.
+CUDA graphs on and off against transformers. On CPU, the sampler with its decode step through torch.compile gets
+columns of its own (a measurement, not an option of sampler.py; the compiling is timed apart). A benchmark, not a
+test: it asserts nothing.
 """
 import argparse
 import sys
@@ -59,6 +61,16 @@ def hf_generate(hf, ids, new, **sampling):
     return out[:, ids.shape[1]:]
 
 
+def compiled_sampler(model, max_batch, max_len) -> Sampler:
+    """A what-if, not a feature: a Sampler whose eager decode step (forward + sampling, the function CUDA graphs
+    capture) goes through torch.compile. dynamic: the batch bucket and the kv length become symbols (not one graph
+    per value); cpp_wrapper: the compiled step is called from C++, not through a Python wrapper."""
+    torch._dynamo.reset()  # compiled code is cached per function, not per Sampler: start each model with a clean slate
+    sampler = Sampler(model, max_batch=max_batch, max_len=max_len, cuda_graphs=False)
+    sampler._decode = torch.compile(sampler._decode, dynamic=True, options={"cpp_wrapper": True})
+    return sampler
+
+
 def table(rows, head):
     print(" | ".join(head))
     print(" | ".join("-" * len(h) for h in head))
@@ -94,23 +106,41 @@ def cpu_section(args):
     B, P, N = 16, 64, args.new
     print(f"CPU: batch {B}, prompt {P}, {N} new tokens (no eos), {torch.get_num_threads()} thread(s); "
           f"best of {args.repeats} after a warm-up")
-    rows = []
+    rows, compile_s = [], {}
     for name, shape in SHAPES.items():
         hf, ours = small_pair(shape)
         ids = torch.randint(3, shape[-1], (B, P), generator=torch.Generator().manual_seed(1))
         prompts = ids.tolist()
         sampler = Sampler(ours, max_batch=B, max_len=P + N)
         top_p = dict(temperature=1.0, top_p=0.95)
-        t = paired_times({"hf": lambda: hf_generate(hf, ids, N),
-                          "ours": lambda: sampler.generate(prompts, N, temperature=0),
-                          "hf_p": lambda: hf_generate(hf, ids, N, do_sample=True, top_k=0, **top_p),
-                          "ours_p": lambda: sampler.generate(prompts, N, seed=0, **top_p)}, args.repeats)
-        t_hf, t_ours, t_hf_p, t_ours_p = t["hf"], t["ours"], t["hf_p"], t["ours_p"]
+        fns = {"hf": lambda: hf_generate(hf, ids, N),
+               "ours": lambda: sampler.generate(prompts, N, temperature=0),
+               "hf_p": lambda: hf_generate(hf, ids, N, do_sample=True, top_k=0, **top_p),
+               "ours_p": lambda: sampler.generate(prompts, N, seed=0, **top_p)}
+        if args.compile:  # the same step through torch.compile; its first calls (the compiling) are timed apart
+            compiled = compiled_sampler(ours, B, P + N)
+            fns["comp"] = lambda: compiled.generate(prompts, N, temperature=0)
+            fns["comp_p"] = lambda: compiled.generate(prompts, N, seed=0, **top_p)
+            start = time.perf_counter()
+            fns["comp"](), fns["comp_p"]()
+            compile_s[name] = time.perf_counter() - start
+        t = paired_times(fns, args.repeats)
         same = [o.tokens for o in sampler.generate(prompts, N, temperature=0)] == hf_generate(hf, ids, N).tolist()
+        if args.compile:
+            same &= [o.tokens for o in compiled.generate(prompts, N, temperature=0)] == hf_generate(hf, ids, N).tolist()
         tps = lambda t: f"{B * N / t:,.0f}"  # noqa: E731
-        rows.append((name, "greedy", tps(t_hf), tps(t_ours), f"{t_hf / t_ours:.2f}x", "yes" if same else "NO"))
-        rows.append((name, "T=1, top-p 0.95", tps(t_hf_p), tps(t_ours_p), f"{t_hf_p / t_ours_p:.2f}x", ""))
-    table(rows, ["model", "decoding", "transformers tok/s", "sampler.py tok/s", "speed-up", "same greedy tokens"])
+        for mode, ours_key, hf_key in (("greedy", "ours", "hf"), ("T=1, top-p 0.95", "ours_p", "hf_p")):
+            row = [name, mode, tps(t[hf_key]), tps(t[ours_key]), f"{t[hf_key] / t[ours_key]:.2f}x"]
+            if args.compile:
+                comp_key = ours_key.replace("ours", "comp")
+                row += [tps(t[comp_key]), f"{t[hf_key] / t[comp_key]:.2f}x"]
+            rows.append(row + [("yes" if same else "NO") if mode == "greedy" else ""])
+    compiled_head = ["compiled tok/s", "compiled speed-up"] if args.compile else []
+    table(rows, ["model", "decoding", "transformers tok/s", "sampler.py tok/s", "speed-up", *compiled_head,
+                 "same greedy tokens"])
+    if args.compile:
+        print("compiling (first greedy + first top-p call, once per model): "
+              + ", ".join(f"{k.split()[0]} {v:.0f} s" for k, v in compile_s.items()) + "\n")
 
 
 @torch.no_grad()
@@ -138,6 +168,7 @@ def workload_section(args):
     ids = torch.tensor([[tok.pad_id] * (S - len(p)) + p for p in prompts])
     att = (torch.arange(S)[None] >= torch.tensor([S - len(p) for p in prompts])[:, None]).long()
     sampler = Sampler(ours, max_batch=B, max_len=S + new)
+    compiled = compiled_sampler(ours, B, S + new) if args.compile else None
 
     def hf_run(**sampling):  # seeded: every timed call makes the same tokens as the counted one
         torch.manual_seed(0)
@@ -145,8 +176,8 @@ def workload_section(args):
                           eos_token_id=tok.eos_id, **(sampling or dict(do_sample=False)))[:, S:].tolist()
         return [row[:row.index(tok.eos_id) + 1] if tok.eos_id in row else row for row in out]
 
-    def ours_run(**sampling):
-        return [o.tokens for o in sampler.generate(prompts, new, seed=0, **(sampling or dict(temperature=0)))]
+    def ours_run(s=sampler, **sampling):
+        return [o.tokens for o in s.generate(prompts, new, seed=0, **(sampling or dict(temperature=0)))]
 
     print(f"workload: the synthetic policy ({ours.num_params() / 1e6:.2f} M params), {B} test problems, prompts "
           f"{min(map(len, prompts))}-{S} tokens, up to {new} new tokens, until eos; {torch.get_num_threads()} "
@@ -155,13 +186,19 @@ def workload_section(args):
     for name, kw_hf, kw_ours in [("greedy", {}, {}),
                                  ("T=1 (labeling rollouts)", dict(do_sample=True, top_k=0), dict(temperature=1.0))]:
         n_hf, n_ours = (sum(map(len, f())) for f in (lambda: hf_run(**kw_hf), lambda: ours_run(**kw_ours)))
-        t = paired_times({"hf": lambda: hf_run(**kw_hf), "ours": lambda: ours_run(**kw_ours)}, args.repeats)
-        same = "yes" if hf_run() == ours_run() else "NO"
-        rows.append((name, f"{n_hf / t['hf']:,.0f}", f"{n_ours / t['ours']:,.0f}",
-                     f"{(n_ours / t['ours']) / (n_hf / t['hf']):.2f}x", f"{n_hf / B:.0f} / {n_ours / B:.0f}",
-                     same if name == "greedy" else ""))
-    table(rows, ["decoding", "transformers tok/s", "sampler.py tok/s", "speed-up", "mean tokens (hf / ours)",
-                 "same greedy tokens"])
+        fns = {"hf": lambda: hf_run(**kw_hf), "ours": lambda: ours_run(**kw_ours)}
+        if compiled:
+            fns["comp"] = lambda: ours_run(compiled, **kw_ours)
+        t = paired_times(fns, args.repeats)
+        same = "yes" if hf_run() == ours_run() == (ours_run(compiled) if compiled else ours_run()) else "NO"
+        speed = {k: (n_hf if k == "hf" else n_ours) / t[k] for k in t}
+        row = [name, f"{speed['hf']:,.0f}", f"{speed['ours']:,.0f}", f"{speed['ours'] / speed['hf']:.2f}x"]
+        if compiled:
+            row += [f"{speed['comp']:,.0f}", f"{speed['comp'] / speed['hf']:.2f}x"]
+        rows.append(row + [f"{n_hf / B:.0f} / {n_ours / B:.0f}", same if name == "greedy" else ""])
+    compiled_head = ["compiled tok/s", "compiled speed-up"] if compiled else []
+    table(rows, ["decoding", "transformers tok/s", "sampler.py tok/s", "speed-up", *compiled_head,
+                 "mean tokens (hf / ours)", "same greedy tokens"])
 
 
 def hbm_bandwidth() -> float:
@@ -249,6 +286,8 @@ def main():
     ap.add_argument("--new", type=int, default=128, help="new tokens per row")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="leave out the CPU columns for a torch.compile'd decode step (each model compiles for ~15-25 s)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}\n")
