@@ -209,9 +209,15 @@ def hbm_bandwidth() -> float:
     return 2 * x.numel() * 10 / t
 
 
+def mistral_7b_config() -> ModelConfig:
+    """The real config.json where ../shared holds it (a device machine may not); else Mistral-7B-v0.1's published
+    shape, which is ModelConfig's defaults with its 4096-token window."""
+    return ModelConfig.from_json(MISTRAL_7B) if MISTRAL_7B.exists() else ModelConfig(sliding_window=4096)
+
+
 def random_mistral_7b():
     """Mistral-7B's shape with random bf16 weights, built on meta and materialised straight on the GPU."""
-    cfg = ModelConfig.from_json(MISTRAL_7B)
+    cfg = mistral_7b_config()
     with torch.device("meta"):
         model = Transformer(cfg).to(torch.bfloat16)
     model = model.to_empty(device="cuda").eval()
@@ -258,7 +264,7 @@ def gpu_section(args):
         results[graphs] = best_time(lambda: s.generate(ids.tolist(), N, temperature=0), args.repeats)
     try:
         import transformers
-        hf_cfg = transformers.MistralConfig.from_pretrained(MISTRAL_7B.parent, attn_implementation="sdpa")
+        hf_cfg = transformers.MistralConfig(**model.config.to_dict(), attn_implementation="sdpa")
         torch.set_default_dtype(torch.bfloat16)
         try:
             with torch.device("cuda"):
