@@ -125,14 +125,14 @@ def cpu_section(args):
             fns["comp"](), fns["comp_p"]()
             compile_s[name] = time.perf_counter() - start
         t = paired_times(fns, args.repeats)
-        same = [o.tokens for o in sampler.generate(prompts, N, temperature=0)] == hf_generate(hf, ids, N).tolist()
-        if args.compile:
-            same &= [o.tokens for o in compiled.generate(prompts, N, temperature=0)] == hf_generate(hf, ids, N).tolist()
+        want = hf_generate(hf, ids, N).tolist()
+        same = all([o.tokens for o in s.generate(prompts, N, temperature=0)] == want
+                   for s in ([sampler, compiled] if args.compile else [sampler]))
         tps = lambda t: f"{B * N / t:,.0f}"  # noqa: E731
-        for mode, ours_key, hf_key in (("greedy", "ours", "hf"), ("T=1, top-p 0.95", "ours_p", "hf_p")):
+        for mode, hf_key, ours_key, comp_key in (("greedy", "hf", "ours", "comp"),
+                                                 ("T=1, top-p 0.95", "hf_p", "ours_p", "comp_p")):
             row = [name, mode, tps(t[hf_key]), tps(t[ours_key]), f"{t[hf_key] / t[ours_key]:.2f}x"]
             if args.compile:
-                comp_key = ours_key.replace("ours", "comp")
                 row += [tps(t[comp_key]), f"{t[hf_key] / t[comp_key]:.2f}x"]
             rows.append(row + [("yes" if same else "NO") if mode == "greedy" else ""])
     compiled_head = ["compiled tok/s", "compiled speed-up"] if args.compile else []
