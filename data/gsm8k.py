@@ -9,6 +9,9 @@ calculator annotations like `<<16-3-4=9>>` and a last line `#### X` (X sometimes
 
 extract_answer returns a canonical string so that callers (e.g. self-consistency voting) can compare
 answers with == : "18", "18.0", "$18" and "18." all become "18".
+
+Model outputs are adversarial, so extraction is linear in the text (whitespace runs are collapsed before
+the number pattern sees them; see _collapse_spaces) and texts over _MAX_TEXT characters have no answer.
 """
 from __future__ import annotations
 
@@ -22,16 +25,20 @@ from data import Problem, answer_from_text, read_jsonl
 SPLITS = ("train", "test")
 HF_REPO = "openai/gsm8k"  # the Hugging Face mirror stores parquet files, main/{split}-00000-of-00001.parquet
 _MAX_DIGITS = 100  # longer digit runs are not answers; also keeps int() clear of Python's 4300-digit limit
+_MAX_TEXT = 200_000  # longer texts are no solution (solutions run to a few thousand); bounds the time
 
 # A number as people write it: optional sign, optional $, digits with optional thousands commas, optional
 # decimals (or a bare ".5"), optionally "/denominator". The sign must not follow a word character, so the
-# dash in "5-3" or "pages 10-15" is not read as a minus.
+# dash in "5-3" or "pages 10-15" is not read as a minus. On raw text a match attempt starts at every
+# character of a whitespace run and \s* reads each to the run's end (quadratic), so the text's whitespace
+# runs are collapsed first (_collapse_spaces).
 _NUMBER_RE = re.compile(
     r"(?:(?<![\w)\]])(?P<sign>[-−])\s*)?\$?\s*"
     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:\s*/\s*(?P<den>\d+))?"
 )
 _CALC_RE = re.compile(r"<<[^<>]*>>")  # calculator annotations: their content repeats the visible text
+_SPACE_RE = re.compile(r"\s+")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,31 +118,35 @@ def _canonical(value: Fraction) -> str:
     return "-" + text if num < 0 else text
 
 
-def _to_fraction(m: re.Match) -> Fraction | None:
-    num = m.group("num").replace(",", "")
-    den = m.group("den")
-    if len(num) > _MAX_DIGITS or (den and len(den) > _MAX_DIGITS):
-        return None
-    value = Fraction(num)
-    if den:
-        if int(den) == 0:
-            return None
-        value /= int(den)
-    return -value if m.group("sign") else value
+def _to_fraction(sign: str, num: str, den: str) -> Fraction | None:
+    num = num.replace(",", "")
+    if len(num) > _MAX_DIGITS or len(den) > _MAX_DIGITS or (den and int(den) == 0):
+        return None  # checked before any Fraction is made: a text may hold 10^5 such numbers
+    value = Fraction(num) / int(den) if den else Fraction(num)
+    return -value if sign else value
 
 
-def _numbers(text: str) -> list[Fraction]:
-    out = []
-    for m in _NUMBER_RE.finditer(text):
-        value = _to_fraction(m)
-        if value is not None:
-            out.append(value)
-    return out
+def _collapse_spaces(text: str) -> str:
+    """Whitespace runs become one space, so that _NUMBER_RE scans the text in linear time.
+
+    That changes no number: the pattern reads whitespace only through \\s*, which takes a run and a
+    single space alike, no group captures whitespace, and to the lookbehind both are the same non-word
+    character. And it makes the scan linear: an attempt that fails reads a few characters at most
+    ("- $ ."), and one that starts at a digit succeeds, reading little beyond its match."""
+    return _SPACE_RE.sub(" ", text)
 
 
 def _first_number(text: str) -> str | None:
-    for m in _NUMBER_RE.finditer(text):
-        value = _to_fraction(m)
+    for m in _NUMBER_RE.finditer(_collapse_spaces(text)):
+        value = _to_fraction(*m.groups(""))
+        if value is not None:
+            return _canonical(value)
+    return None
+
+
+def _last_number(text: str) -> str | None:
+    for groups in reversed(_NUMBER_RE.findall(_collapse_spaces(text))):  # a Fraction for the last one only
+        value = _to_fraction(*groups)
         if value is not None:
             return _canonical(value)
     return None
@@ -146,7 +157,7 @@ def extract_answer(text: str) -> str | None:
 
     After an explicit marker we take the first number (units and words may follow it); a marker with no
     number gives None rather than falling back to some earlier intermediate result."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or len(text) > _MAX_TEXT:
         return None
     text = _CALC_RE.sub("", text)
     stated = answer_from_text(text)
@@ -155,8 +166,7 @@ def extract_answer(text: str) -> str | None:
     i = text.rfind("####")
     if i >= 0:
         return _first_number(text[i + 4:])
-    numbers = _numbers(text)
-    return _canonical(numbers[-1]) if numbers else None
+    return _last_number(text)
 
 
 def grade(completion_text: str, gold: str) -> bool:

@@ -1,7 +1,8 @@
 """MATH (Hendrycks et al., 2021) on the MATH500 test split of PRM800K: competition problems, LaTeX answers.
 
     load("test")                -> list[Problem]    gold = the final answer of the reference solution
-    extract_answer(text)        -> raw answer text: after 'The answer is:', else the last \\boxed{...}
+    extract_answer(text)        -> raw answer text: after the last 'The answer is:', else in the last
+                                   '# Answer' section (PRM800K), else in the last \\boxed{...}
     normalize(answer)           -> a canonical string (also a good key for self-consistency voting)
     grade(completion, gold)     -> bool
 
@@ -12,7 +13,15 @@ Deciding that two LaTeX answers agree goes in three layers, cheapest first:
      plain numbers (0.5, 1/2, \\frac{1}{2}, mixed 1\\frac{4}{5}) compared numerically;
   3. if sympy is installed: a symbolic check on a small, whitelisted translation of the answer, run under
      a hard time limit (SIGALRM; only possible in the main thread, so other threads skip this layer).
-Any input grades within about a second: long strings skip the rules, power towers never reach sympy.
+Any input grades within about a second: extraction is linear (string search and single passes), texts
+over _MAX_TEXT characters have no answer, answers over _MAX_LEN characters are compared verbatim, and
+power towers never reach sympy.
+
+PRM800K's solutions (and the rows of TRL's prm800k data) end with a heading line and the answer:
+"...so the sum is 468.\\n\\n# Answer\\n\\n468". Such a section is read up to the next step tag or
+blank line. The project's own 'The answer is:' comes first, then '# Answer'; a \\boxed{} is the
+fallback, since the heading is where PRM800K puts the final answer while a box may sit in any step.
+A marker with nothing after it gives None, not some earlier answer.
 """
 from __future__ import annotations
 
@@ -24,12 +33,13 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from data import Problem, answer_from_text, read_jsonl
+from data import STEP_TAG, Problem, answer_from_text, read_jsonl
 
 SPLITS = ("test",)
 USE_SYMPY = True          # tests switch this off to check the string-only path
 SYMPY_SECONDS = 0.5       # total symbolic time allowed per grade() call
 _MAX_LEN = 1000           # longer "answers" are compared verbatim, no rules
+_MAX_TEXT = 200_000       # longer texts are no solution; bounds the Python-level scans (\boxed's braces)
 _MAX_ITEMS = 64           # longer lists are not answers we try to match element by element
 
 
@@ -48,7 +58,7 @@ def load(split: str = "test", path: str | os.PathLike | None = None) -> list[Pro
     for i, row in enumerate(read_jsonl(file, ("question", "answer"))):
         gold = extract_answer(row["answer"])
         if gold is None:
-            raise ValueError(f"{file}: row {i} has no 'The answer is:' or \\boxed answer")
+            raise ValueError(f"{file}: row {i} has no 'The answer is:', '# Answer' or \\boxed answer")
         problems.append(Problem(f"math-{split}-{i}", row["question"], gold, {"solution": row["answer"]}))
     return problems
 
@@ -86,10 +96,31 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+# The greedy (?s).* makes one match find the LAST heading: it backs off one character at a time, and
+# each try is O(1) except at a line start, where [ \t]* reads that line's indent once. Linear in all.
+_ANSWER_SECTION_RE = re.compile(r"(?sm).*^[ \t]*# Answer\b:?")
+_BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
+
+
+def answer_section(text: str) -> str | None:
+    """The content of the last '# Answer' heading line (PRM800K), up to a step tag or a blank line; None
+    when there is no such heading."""
+    m = _ANSWER_SECTION_RE.match(text)
+    if m is None:
+        return None
+    tail = text[m.end():]
+    j = tail.find(STEP_TAG)
+    tail = (tail if j < 0 else tail[:j]).strip()
+    return _BLANK_LINE_RE.split(tail, maxsplit=1)[0].strip()
+
+
 def extract_answer(text: str) -> str | None:
-    if not isinstance(text, str):
+    """The final answer's raw text: after 'The answer is:', else in '# Answer', else in \\boxed{}."""
+    if not isinstance(text, str) or len(text) > _MAX_TEXT:
         return None
     answer = answer_from_text(text)
+    if answer is None:
+        answer = answer_section(text)
     if answer is None:
         answer = last_boxed(text)
     return answer or None
@@ -392,7 +423,11 @@ def _symbolic_equal(a: str, b: str, deadline: float) -> bool:
 def is_equiv(pred: str, gold: str) -> bool:
     """Do two final answers (raw text, e.g. from extract_answer) mean the same thing?"""
     a, b = normalize(pred), normalize(gold)
-    return _equal(a, b, time.monotonic() + SYMPY_SECONDS) if a and b else False
+    if not (a and b):
+        return False
+    if len(pred.strip()) > _MAX_LEN or len(gold.strip()) > _MAX_LEN:
+        return a == b                                  # normalize left them verbatim: no structure either
+    return _equal(a, b, time.monotonic() + SYMPY_SECONDS)
 
 
 def grade(completion_text: str, gold: str) -> bool:

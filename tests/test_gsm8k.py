@@ -1,4 +1,5 @@
 """GSM8K task: loading the official JSONL, answer extraction and numeric grading."""
+import random
 import time
 from pathlib import Path
 
@@ -76,6 +77,31 @@ def test_garbage_never_raises():
         start = time.perf_counter()
         assert grade(completion, gold) in (True, False)
         assert time.perf_counter() - start < 1.0
+
+
+def test_long_whitespace_runs_are_fast():
+    # the number pattern used to read every whitespace run once per character of it: quadratic
+    for completion, gold, expected in [("\\boxed{5" + " " * 50_000 + "cm}", "5", True),
+                                       ("The answer is: -" + " " * 50_000, "5", False),
+                                       ("The answer is: -" + "\n" * 50_000 + "5", "-5", True),
+                                       ("#### $" + "\t" * 50_000 + "1,000", "1000", True),
+                                       ("3" + " " * 50_000 + "/" + " " * 50_000 + "4", "0.75", True),
+                                       (" " * 100_000, "5", False)]:
+        start = time.process_time()
+        assert grade(completion, gold) is expected
+        assert time.process_time() - start < 1.0
+
+
+def test_collapsing_whitespace_finds_the_same_numbers():
+    # the extractor collapses whitespace runs before matching; on short texts the pattern can run on the
+    # raw text too, and must find the very same numbers
+    pieces = [" ", "   ", "\t", "\n", "\xa0", "\u2003", "1", "07", "123", "1,000", ",", ".", "-", "−", "$",
+              "/", "a", ")", "]", "%", "=", "ки", "9" * 120]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        raw = gsm8k._NUMBER_RE.findall(text)
+        assert gsm8k._NUMBER_RE.findall(gsm8k._collapse_spaces(text)) == raw, repr(text)
 
 
 def test_malformed_jsonl(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from data import math_task
+from data import join_steps, math_task
 from data.math_task import extract_answer, grade, is_equiv, normalize
 
 MATH500 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math500" / "test.jsonl"
@@ -149,6 +149,54 @@ def test_extract_answer():
     assert extract_answer(None) is None
 
 
+# Solutions as PRM800K writes them, steps one per line and the last ending "\n\n# Answer\n\n<answer>", or
+# such steps in the project's step-tagged format (join_steps).
+PRM800K_SOLUTIONS = [  # (solution, the answer its '# Answer' section states, an equal gold, a different gold)
+    ("I want to find the largest positive integer that divides both $20 !$ and $200,\\!000$ evenly.\n"
+     "So, the greatest common factor is $2^9\\cdot 5^4 = 512\\cdot 625 = 320,\\!000$.\n\n# Answer\n\n320,000",
+     "320,000", "320,\\!000", "40,\\!000"),   # first and last steps of the labeled example in PRM800K's README
+    (join_steps(["Two flips give four equally likely outcomes, and only TT has no head.",
+                 "So the probability of at least one head is $1 - \\frac{1}{4} = \\frac{3}{4}$.",
+                 "# Answer\n\n\\frac{3}{4}"]),
+     "\\frac{3}{4}", "0.75", "\\frac{4}{3}"),
+    (join_steps(["Substituting $y = 2x$ into $x + y = 3$ gives $3x = 3$, so $x = 1$.",
+                 "Then $y = 2$, and the lines meet at $(1, 2)$.",
+                 "# Answer\n\n(1,2)"]),
+     "(1,2)", "(1, 2)", "(2,1)"),
+    ("The first box holds $\\boxed{12}$ rows, but the question asks for all the seats.\n"
+     "There are $12 \\cdot 39 = 468$ seats.\n\n# Answer\n\n468",
+     "468", "468", "12"),                           # a box in an earlier step is not the answer
+    ("The image of $\\mathbf{e}_1$ is the first column.\n\n# Answer\n\n"
+     "\\begin{pmatrix} 1 \\\\\n 2 \\end{pmatrix}",  # an answer over two lines, no blank line between
+     "\\begin{pmatrix} 1 \\\\\n 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}",
+     "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
+    ("So $x \\in [-2, 7)$.\n\n# Answer\n\n[-2,7)\n\nI checked both endpoints.",  # text after a blank line
+     "[-2,7)", "[-2, 7)", "[-2,7]"),
+]
+
+
+@pytest.mark.parametrize("solution,answer,same,different", PRM800K_SOLUTIONS,
+                         ids=["readme", "fraction", "pair", "earlier-box", "matrix", "interval"])
+def test_prm800k_answer_section(solution, answer, same, different):
+    assert extract_answer(solution) == answer
+    assert grade(solution, same) and grade(solution, answer)
+    assert not grade(solution, different)
+
+
+def test_answer_section_precedence():
+    assert extract_answer("# Answer\n\n5\nThe answer is: 6 ки") == "6"            # the project's marker first
+    assert extract_answer("The answer is: 6 ки\n\n# Answer\n\n5") == "6"
+    assert extract_answer("so $\\boxed{7}$.\n\n# Answer\n\n8") == "8"            # then the heading
+    assert extract_answer("# Answer\n\n8\n\nthen $\\boxed{7}$") == "8"
+    assert extract_answer("# Answer\n\n3\n\n# Answer\n\n4") == "4"              # the last heading
+    assert extract_answer("# Answer\n\n  \\frac{3}{4}  ки\nStep 2 ки") == "\\frac{3}{4}"  # up to the tag
+    assert extract_answer("   # Answer:\n\n9") == "9"
+    assert extract_answer("so $\\boxed{7}$.\n\n# Answer\n\n") is None          # stated nothing: no fallback
+    assert extract_answer("so $\\boxed{7}$ and # Answer 8") == "7"                # not a heading line
+    assert extract_answer("so $\\boxed{7}$.\n# Answers\n\n8") == "7"
+    assert math_task.answer_section("no heading here") is None
+
+
 def test_grade_garbage_never_raises():
     for pred, gold in [(None, "5"), ("The answer is: 5", None), (b"bytes", "5"), ("The answer is: }{", "}{")]:
         assert grade(pred, gold) in (True, False)
@@ -201,6 +249,9 @@ def test_load_errors(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text('{"question": "q", "answer": "so $\\\\boxed{7}$"}\n')
     assert math_task.load("test", path=good)[0].answer == "7"
+    prm = tmp_path / "prm.jsonl"
+    prm.write_text(json.dumps({"question": "q", "answer": "So it is $468$.\n\n# Answer\n\n468"}) + "\n")
+    assert math_task.load("test", path=prm)[0].answer == "468"
 
 
 def test_decimals_are_exact_and_labels_matter():
