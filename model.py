@@ -302,6 +302,13 @@ class Transformer(nn.Module):
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)
 
+    def untie(self):
+        """Give a tied LM head its own copy of the embedding matrix (saved as lm_head.weight from then on)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = nn.Parameter(self.model.embed_tokens.weight.detach().clone())
+            self.config.tie_word_embeddings = False
+        return self
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix is one parameter, counted once
 

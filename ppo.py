@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 import data
+from data import synthetic
 import shepherd
 from model import PRMHead, Tokenizer, Transformer, step_logits
 from sampler import Sampler
@@ -54,7 +55,8 @@ class Config:
     policy: str = opt("", "SFT policy checkpoint (default: the synthetic world's tiny policy); also the frozen reference")
     reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); orm: one outcome score at the "
                              "end; truth: exact step labels as p(+), an oracle PRM (tasks with step_truth: diagnosis)")
-    reward_model: str = opt("", "reward model checkpoint; default: built from the policy and cached in runs/ppo-rm/")
+    reward_model: str = opt("", "reward model checkpoint; default: built (labels from the policy, fine-tuned from "
+                                "--rm-base) and cached in runs/ppo-rm/")
     out: str = opt("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
     restart: bool = opt(False, "ignore a checkpoint in --out")
     seed: int = opt(0, "every random choice derives from it (rollout seeds, prompt order, minibatch shuffles)")
@@ -85,6 +87,8 @@ class Config:
     save_every: int = opt(10, "checkpoint every this many iterations (and at the end)")
     rm_problems: int = opt(400, "reward-model build: problems to label (4 solutions x 4 completions each)")
     rm_steps: int = opt(300, "reward-model build: training steps")
+    rm_base: str = opt("", "reward-model build: the base it is fine-tuned from (default: the synthetic world's "
+                           "verifier base with the default policy, else the policy)")
     device: str = opt("", "cpu or cuda (default: cuda if available)")
     dtype: str = opt("auto", "float32 | bfloat16 for the frozen models and FSDP compute (auto: bf16 on CUDA)")
     fsdp: bool = opt(False, "shard every model with FSDP2 (fully_shard) instead of replicating it (7B scale)")
@@ -102,7 +106,19 @@ def parse_args(argv=None) -> Config:
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.reward not in ("prm", "orm", "truth") or cfg.critic_init not in ("reward", "policy"):
         p.error("--reward is prm, orm or truth; --critic-init is reward or policy")
+    if not cfg.temperature > 0:  # the policy trained is softmax(logits / T): T = 0 (greedy) has no log-probs
+        p.error(f"--temperature must be > 0, not {cfg.temperature}")
     return cfg
+
+
+# what a resumed run must share with the run that wrote its checkpoint (the rest only says where and how much to log)
+NOT_ALGORITHM = {"out", "restart", "quiet", "device", "eval_every", "eval_problems", "test_problems", "save_every"}
+
+
+def changed_settings(saved: dict, cfg: Config) -> list[str]:
+    now = asdict(cfg)
+    return [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in now
+            if k not in NOT_ALGORITHM and saved.get(k) != now[k]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,13 +149,19 @@ class ValueModel(nn.Module):
 
 
 def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
-    """--reward-model, or one built from the policy with shepherd.py and cached: label (Math-Shepherd §3.3, hard
-    estimation) then train a PRM (Eq. 2) or an ORM (Eq. 1) on the same labels. Under torchrun every rank takes part
-    (shepherd.py shards the labeling and trains data-parallel), so the build uses every core."""
+    """--reward-model, or one built with shepherd.py and cached: label the policy's solutions (Math-Shepherd §3.3,
+    hard estimation) then fine-tune a PRM (Eq. 2) or an ORM (Eq. 1) from the verifier base on the same labels. Under
+    torchrun every rank takes part (shepherd.py shards the labeling and trains data-parallel)."""
     if cfg.reward_model:
         return cfg.reward_model
+    base = cfg.rm_base or policy_dir
+    if not cfg.rm_base and Path(policy_dir).resolve() == Path(synthetic.POLICY_DIR).resolve() \
+            and (Path(synthetic.VERIFIER_DIR) / "config.json").exists():
+        base = synthetic.VERIFIER_DIR  # the paper's setting: the verifier is stronger at checking than the policy
     w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
-    key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
+    wb = next(Path(base).glob("model*.safetensors*"))
+    key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, Path(base).resolve(),
+                   wb.stat().st_size, wb.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
     cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"  # one per policy, not per seed
     kind = "orm" if cfg.reward == "orm" else "prm"  # truth: the PRM still starts the critic
     path = cache / kind
@@ -152,7 +174,7 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
              "4", "--max-new-tokens", "96", "--seed", "0", "--out", str(labels)])  # resumable
         if rc == 0 and d.main:
             done.touch()
-        rc = rc or shepherd.main(["train", "--objective", kind, "--data", str(labels), "--model", policy_dir,
+        rc = rc or shepherd.main(["train", "--objective", kind, "--data", str(labels), "--model", base,
                                   "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32", "--lr", "5e-4",
                                   "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", "0"])
         if rc:
@@ -245,39 +267,77 @@ def grid_values(critic: nn.Module, g: dict) -> torch.Tensor:
 # Rewards (Math-Shepherd §3.5)
 
 
-def score_rewards(act, mask, p_good, tag_id: int, kind: str, center: float, answered, penalty: float) -> torch.Tensor:
-    """The reward model's part of the reward, on the response grid (B, R).
+def response_steps(tokens: list[int], tag_id: int, stopped: bool, decode) -> list[tuple[int, int]]:
+    """A response's steps as (first, last) token indices: the tokens up to and including each tag, then the untagged
+    tail (what follows the last tag, the stop token excluded) if it holds any text. The one definition of a step that
+    rewards, the oracle and the logged counts share: an answer written without its tag is still a step, and scored."""
+    steps, first = [], 0
+    for k, t in enumerate(tokens):
+        if t == tag_id:
+            steps.append((first, k))
+            first = k + 1
+    end = len(tokens) - 1 if stopped else len(tokens)
+    if first < end and decode(tokens[first:end]).strip():
+        steps.append((first, end - 1))
+    return steps
 
-    prm: each step's reward sits on that step's LAST token, its tag, and is the PRM's p(+) read there (p_good is
-         p(+) at every response token; only tags count). A step without a tag (text after the last tag) earns none.
-    orm: one score per response on its last token: the ORM's p(+) at the response's last tag (where Eq. 1 trained
-         it); a response without any tag scores `center` (it gets the no-answer penalty anyway).
+
+def end_mask(steps: list[list[tuple[int, int]]], shape) -> torch.Tensor:
+    """(B, R) True at each step's last token: where its reward goes."""
+    ends = torch.zeros(shape, dtype=torch.bool)
+    for b, row in enumerate(steps):
+        for _, last in row:
+            ends[b, last] = True
+    return ends
+
+
+def step_end_probs(rm: nn.Module, prompts, responses, steps, head: PRMHead, pad_id: int, device) -> torch.Tensor:
+    """The reward model's p(+) for every step, on the response grid at the step's last token. A tagged step is read
+    at its tag (model.step_logits, where shepherd.py trained it); the untagged tail is read at a tag appended after it,
+    so it scores as if it had been tagged: dropping the tag neither escapes a step's score nor earns a different one."""
+    read = [r[:s[-1][1] + 1] + [head.tag_id] if s and r[s[-1][1]] != head.tag_id else r for r, s in zip(responses, steps)]
+    p = step_probs(rm, make_grid(prompts, read, pad_id, device), head).float().cpu()
+    out = torch.zeros(len(responses), max(map(len, responses)))
+    for b, row in enumerate(steps):
+        for _, last in row:
+            out[b, last] = p[b, last if responses[b][last] == head.tag_id else last + 1]
+    return out.to(device)
+
+
+def oracle_step_probs(task, problems, responses, steps, decode, device) -> torch.Tensor:
+    """--reward truth: p(+) = 1 at the end of a step the task's exact step truth accepts, else 0 (the steps of
+    response_steps, so truths never shift onto the wrong tag). A perfect PRM, to tell a weak reward model from a weak
+    PPO (the synthetic world only)."""
+    p = torch.zeros(len(responses), max(map(len, responses)))
+    for b, (problem, r, row) in enumerate(zip(problems, responses, steps)):
+        texts = [" ".join(data.split_steps(decode(r[first:last + 1]))) for first, last in row]
+        for (_, last), ok in zip(row, task.step_truth(problem, texts)):
+            p[b, last] = float(ok)
+    return p.to(device)
+
+
+def score_rewards(ends, p_end, mask, kind: str, center: float, answered, penalty: float) -> torch.Tensor:
+    """The reward model's part of the reward, on the response grid (B, R). ends: each step's last token (end_mask);
+    p_end: the reward model's p(+) for the step ending there (step_end_probs).
+
+    prm: each step's reward sits on that step's last token and is its p(+).
+    orm: one score per response on its last token: p(+) of the response's last step (read at its tag, where Eq. 1
+         trained the ORM); a response without any step scores `center`.
     Centered: score - center. With gamma = 1 the return is the SUM of step rewards, so raw p(+) in [0, 1] would pay
     up to +1 per extra step, however doubtful: the known hack of writing more (or filler) steps. Centered at 0.5, a
     step the PRM doubts costs reward instead, and only steps judged good add any.
     A response without a final answer (`answered` False: it hit the length limit, or stopped early) gets `penalty`
     on its last token: otherwise stopping before a risky step, or rambling until cut off, would cost nothing."""
-    is_tag = (act == tag_id) & mask
-    k = torch.arange(act.shape[1], device=act.device)
+    ends = ends & mask
+    k = torch.arange(mask.shape[1], device=mask.device)
     last = (mask.sum(1) - 1)[:, None]  # the response's last token (EOS, or the token the limit cut at)
     if kind == "orm":
-        last_tag = torch.where(is_tag, k, -1).max(1).values  # -1: no tag
-        s = torch.where(last_tag >= 0, p_good.gather(1, last_tag.clamp(min=0)[:, None])[:, 0], center) - center
-        score = torch.zeros_like(p_good).scatter(1, last, s[:, None])
+        last_end = torch.where(ends, k, -1).max(1).values  # -1: no step
+        s = torch.where(last_end >= 0, p_end.gather(1, last_end.clamp(min=0)[:, None])[:, 0], center) - center
+        score = torch.zeros_like(p_end).scatter(1, last, s[:, None])
     else:  # prm (and truth, an exact PRM)
-        score = torch.where(is_tag, p_good - center, 0.0)
+        score = torch.where(ends, p_end - center, 0.0)
     return score + torch.where(k[None] == last, torch.where(answered, 0.0, penalty)[:, None], 0.0)
-
-
-def oracle_step_probs(task, problems, texts, act, mask, tag_id: int) -> torch.Tensor:
-    """--reward truth: p(+) = 1 at the tag of a step the task's exact step truth accepts, else 0. A perfect PRM, to
-    tell a weak reward model from a weak PPO (the synthetic world only)."""
-    p = torch.zeros(act.shape, device=act.device)
-    for b, (problem, text) in enumerate(zip(problems, texts)):
-        tags = ((act[b] == tag_id) & mask[b]).nonzero()[:, 0].tolist()
-        for k, ok in zip(tags, task.step_truth(problem, data.split_steps(text))):
-            p[b, k] = float(ok)
-    return p
 
 
 def total_rewards(score, old_lp, ref_lp, mask, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,29 +425,32 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
     with timer("generate"), full_params(M.policy_raw, cfg):
         outs = sampler.generate(prompts, [min(cfg.max_new_tokens, ctx - len(p)) for p in prompts],
                                 temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
+    responses = [o.tokens for o in outs]
+    steps = [response_steps(o.tokens, head.tag_id, o.finish_reason == "stop", tok.decode) for o in outs]
     with timer("score"), M.amp:
-        g = make_grid(prompts, [o.tokens for o in outs], M.pad_id, M.device)
+        g = make_grid(prompts, responses, M.pad_id, M.device)
         # pi_old by the SAME forward the update runs (not the sampler's cached decode): the first ratio is exactly 1
         old_lp, _ = token_logprobs(M.policy_raw, g, cfg.temperature)
         ref_lp, _ = token_logprobs(M.ref, g, cfg.temperature)
         values = grid_values(M.critic_raw, g)
-        texts = [tok.decode(o.tokens) for o in outs]
+        texts = [tok.decode(r) for r in responses]
         if cfg.reward == "truth":
-            p_good = oracle_step_probs(task, problems, texts, g["act"], g["mask"], head.tag_id)
-        else:
-            p_good = step_probs(M.rm, g, head)  # the reward model reads the policy's own tokens (same tokenizer)
+            p_end = oracle_step_probs(task, problems, responses, steps, tok.decode, M.device)
+        else:  # the reward model reads the policy's own tokens (same tokenizer)
+            p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
-        score = score_rewards(g["act"], g["mask"], p_good, head.tag_id, cfg.reward, cfg.reward_center, answered,
-                              cfg.no_answer_penalty)
+        ends = end_mask(steps, g["mask"].shape).to(M.device)
+        score = score_rewards(ends, p_end, g["mask"], cfg.reward, cfg.reward_center, answered, cfg.no_answer_penalty)
+    truth = hasattr(task, "step_truth")
     rows = []
     for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
-        n, steps = len(o.tokens), data.split_steps(text)
+        n, texts_b = len(o.tokens), [" ".join(data.split_steps(tok.decode(o.tokens[f:l + 1]))) for f, l in steps[b]]
         rows.append({"prompt": prompts[b], "response": o.tokens, "old_lp": old_lp[b, :n].tolist(),
                      "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(), "score": score[b, :n].tolist(),
                      "sampler_lp": o.sampling_logprobs, "finish": o.finish_reason, "answered": bool(answered[b]),
-                     "correct": task.grade(text, p.answer), "steps": sum(t == head.tag_id for t in o.tokens),
-                     "process_ok": all(task.step_truth(p, steps)) if hasattr(task, "step_truth") and steps else None,
-                     "step_scores": [x for x, t in zip(p_good[b, :n].tolist(), o.tokens) if t == head.tag_id]})
+                     "correct": task.grade(text, p.answer), "steps": len(steps[b]),
+                     "process_ok": all(task.step_truth(p, texts_b)) if truth and steps[b] else None,
+                     "step_scores": [p_end[b, last].item() for _, last in steps[b]]})
     return rows
 
 
@@ -565,9 +628,18 @@ def setup(cfg: Config, d: Dist):
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
     if not Path(policy_dir, "config.json").exists() and cfg.task == "synthetic" and not cfg.policy:
         raise SystemExit(f"{policy_dir}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
-    rm_dir = ensure_reward_model(cfg, policy_dir, d)
+    # the reward model: scores the steps, and starts the critic (--critic-init reward); --reward truth needs it for
+    # the second only
+    needs_rm = cfg.reward != "truth" or cfg.critic_init == "reward"
+    rm_dir = ensure_reward_model(cfg, policy_dir, d) if needs_rm else policy_dir
     ckpt = Path(cfg.out) / "checkpoint"
     resume = (ckpt / "trainer_state.pt").exists() and not cfg.restart
+    if resume:
+        saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)["config"]
+        diff = changed_settings(saved, cfg)
+        if diff:
+            raise SystemExit(f"error: {ckpt}: made with other settings ({'; '.join(diff)}); rerun with the same "
+                             f"ones to resume, or pass --restart (or a new --out) to start over")
     cuda = d.device.startswith("cuda")
     frozen = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     M = SimpleNamespace()  # everything the pieces above share
@@ -586,7 +658,7 @@ def setup(cfg: Config, d: Dist):
         return model
     policy = load(ckpt / "policy" if resume else policy_dir)
     M.ref = load(policy_dir, frozen).requires_grad_(False)
-    M.rm = load(rm_dir, frozen).requires_grad_(False)
+    M.rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
     critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
     M.tok_dir = policy_dir
     tok = Tokenizer(policy_dir)
@@ -614,6 +686,14 @@ def setup(cfg: Config, d: Dist):
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
     return task, tok, head, M, start, resume
+
+
+def open_log(path: Path, keep_until: int | None):
+    """log.jsonl for appending: on resume, cut back to the checkpoint's iteration (a crash after it must not leave
+    iterations that the resumed run writes again); on a fresh start, emptied."""
+    lines = path.read_text().splitlines(keepends=True) if keep_until is not None and path.exists() else []
+    shepherd.atomic_write(path, "".join(x for x in lines if json.loads(x)["iteration"] <= keep_until))
+    return open(path, "a")
 
 
 def summarize(rows: list[dict], g: dict) -> dict:
@@ -650,7 +730,7 @@ def main(argv=None) -> int:
     train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     sampler = Sampler(M.policy_raw, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)
-    log = open(out / "log.jsonl", "a") if d.main else None
+    log = open_log(out / "log.jsonl", start if resume else None) if d.main else None
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
     if not resume and cfg.eval_problems:

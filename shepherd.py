@@ -292,11 +292,11 @@ SCRATCH_SIZES = {  # (hidden, layers, heads, kv heads, mlp): Mistral-shaped mode
 }
 
 
-def scratch_model(size: str, tok: Tokenizer, max_len: int) -> Transformer:
+def scratch_model(size: str, tok: Tokenizer, max_len: int, tied: bool = True) -> Transformer:
     h, layers, heads, kv, mlp = SCRATCH_SIZES[size]
     cfg = ModelConfig(model_type="mistral", vocab_size=tok.vocab_size, hidden_size=h, intermediate_size=mlp,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                      max_position_embeddings=max_len, sliding_window=None, tie_word_embeddings=True,
+                      max_position_embeddings=max_len, sliding_window=None, tie_word_embeddings=tied,
                       bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     model = Transformer(cfg)
     for name, p in model.named_parameters():  # GPT-2 style init: small normal weights, unit norms
@@ -366,10 +366,12 @@ def cmd_train(args) -> int:
         tok_dir = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))  # every rank builds the same one
         task.build_tokenizer(tok_dir)
         torch.manual_seed(args.seed)
-        model = scratch_model(args.scratch_size, Tokenizer(tok_dir), args.max_len)
+        model = scratch_model(args.scratch_size, Tokenizer(tok_dir), args.max_len, tied=not args.untie)
     else:
         model = Transformer.from_pretrained(args.model)
         tok_dir = model.source_dir
+        if args.untie:
+            model.untie()
     tok = Tokenizer(tok_dir)
     if tok.pad_id is None or tok.pad_id == tok.eos_id:
         tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked; any id will do here
@@ -548,18 +550,24 @@ class Labeler:
             Sampler(generator, max_batch=args.batch_size, max_len=generator.config.max_position_embeddings)
         self.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
 
-    def sample_solutions(self, problem: data.Problem) -> list[Solution]:
-        a, tok = self.args, self.tok
-        prompt = tok.encode(data.format_prompt(problem.question))
-        seeds = [seed_for(a.seed, problem.id, j, "solution") for j in range(a.num_solutions)]
-        limit = min(a.max_new_tokens, self.gen.model.config.max_position_embeddings - len(prompt))
-        if limit <= 0:
-            raise InputError(f"{problem.id}: the prompt ({len(prompt)} tokens) does not fit the generator's context")
-        outs = self.gen.generate([prompt] * a.num_solutions, limit, temperature=a.temperature,
-                                 top_p=a.top_p, seeds=seeds)
-        self.stats["prefill_tokens"] += len(prompt) * a.num_solutions
-        sols = []
-        for j, o in enumerate(outs):
+    def sample_solutions(self, problems: list[data.Problem]) -> dict[str, list[Solution]]:
+        """num_solutions sampled solutions of each problem (one generate call for all), by problem id."""
+        a, tok, n = self.args, self.tok, self.args.num_solutions
+        if not problems:
+            return {}
+        prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
+        ctx = self.gen.model.config.max_position_embeddings
+        for p, prompt in zip(problems, prompts):
+            if len(prompt) >= ctx:
+                raise InputError(f"{p.id}: the prompt ({len(prompt)} tokens) does not fit the generator's context")
+        seeds = [seed_for(a.seed, p.id, j, "solution") for p in problems for j in range(n)]
+        outs = self.gen.generate([x for x in prompts for _ in range(n)],
+                                 [min(a.max_new_tokens, ctx - len(x)) for x in prompts for _ in range(n)],
+                                 temperature=a.temperature, top_p=a.top_p, seeds=seeds)
+        self.stats["prefill_tokens"] += sum(map(len, prompts)) * n
+        sols = {p.id: [] for p in problems}
+        for k, o in enumerate(outs):
+            problem, j = problems[k // n], k % n
             self.stats["generated_tokens"] += len(o.tokens)
             steps = data.split_steps(tok.decode(o.tokens))
             ends = step_ends(o.tokens, self.tag_id)
@@ -568,7 +576,7 @@ class Labeler:
             if not steps:
                 self.stats["skipped"] += 1
                 continue
-            sols.append(Solution(problem, j, steps, o.tokens[:ends[len(steps) - 1] + 1]))
+            sols[problem.id].append(Solution(problem, j, steps, o.tokens[:ends[len(steps) - 1] + 1]))
         return sols
 
     def check_fits(self, sol: Solution, prompt=None, resp=None):
@@ -787,18 +795,24 @@ def cmd_label(args) -> int:
         units = fits
     else:
         units = [(p, None) for p in task.load(args.split)[:args.limit]]
-    mine = units[d.rank::d.world]  # a disjoint shard per rank; every unit is labeled alone, so shards merge exactly
+    # the unit of work: --group consecutive problems (or input records), sampled and labeled in shared batches. A
+    # unit's records depend on it alone, so resumes and torchrun shards give the single-process file byte for byte
+    groups = [units[i:i + args.group] for i in range(0, len(units), args.group)]
+    mine = groups[d.rank::d.world]  # a disjoint shard of units per rank
     shard = out if d.world == 1 else out.parent / f".{out.name}.rank{d.rank}-of-{d.world}"
     prog = Progress(shard)
-    todo = [u for u in mine if u[0].id not in prog.done]
+    todo = [g for g in mine if g[0][0].id not in prog.done]
     if d.main and len(todo) < len(mine):
-        print(f"resuming {out}: {len(mine) - len(todo)} of {len(mine)} problems already labeled")
+        print(f"resuming {out}: {len(mine) - len(todo)} of {len(mine)} units of {args.group} already labeled")
     t_work = time.time()
-    for problem, sols in progress(todo, d, desc="label", unit="problem"):
-        if sols is None:
-            sols = labeler.sample_solutions(problem)
-        prog.write(problem.id, labeler.label(sols) if sols else [])
-        labeler.stats["problems"] += 1
+    bar = progress(total=sum(map(len, todo)), d=d, desc="label", unit="problem")
+    for group in todo:
+        sampled = labeler.sample_solutions([p for p, sols in group if sols is None])
+        sols = [s for p, given in group for s in (given if given is not None else sampled.get(p.id, []))]
+        prog.write(group[0][0].id, labeler.label(sols) if sols else [])
+        labeler.stats["problems"] += len(group)
+        bar.update(len(group))
+    bar.close()
     prog.close()
     work_s = time.time() - t_work
     stats = labeler.stats
@@ -896,8 +910,13 @@ def rm_text(question: str, steps: list[str], style: str) -> str:
 
 @torch.no_grad()
 def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: list[str], batch_size: int = 32) -> list[list[float]]:
-    """Every step score of every solution: one forward pass per solution (batched, right-padded, longest first)."""
+    """Every step score of every solution: one forward pass per distinct text (batched, right-padded, longest first;
+    a policy's samples repeat, so copies are scored once)."""
     from model import step_scores
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) < len(texts):
+        got = dict(zip(distinct, score_solutions(model, tok, head, distinct, batch_size)))
+        return [got[t] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = [None] * len(texts)
     device = next(model.parameters()).device
@@ -929,11 +948,20 @@ def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[
     return chosen
 
 
+def blind_choice(texts: list[str], right: list[bool]) -> float:
+    """The expected hit of a verifier blind within a problem: its deterministic score gives every copy of a text
+    the same value, and no text a better one for being right, so its argmax is a uniformly random DISTINCT text.
+    (Right solutions of one problem tend to be few distinct texts, wrong ones many: blind reranking falls with N.)"""
+    distinct = dict(zip(texts, right))
+    return sum(distinct.values()) / len(distinct)
+
+
 def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: int) -> dict:
     """Accuracy of every method vs N: for each N, `subsets` random subsets of N solutions per problem (as PRM800K's
     evaluation does); the mean over subsets, and the spread (std) of the per-subset accuracies.
 
-    per_problem: {"answers": [...], "correct": {answer: bool}, "scores": {rm: [[step scores]...]}}."""
+    per_problem: {"answers": [...], "correct": {answer: bool}, "scores": {rm: [[step scores]...]}}, and optionally
+    "texts" (each solution's text), which adds the blind-verifier baseline ("blind")."""
     rng = random.Random(seed)
     curve = {}
     for n in ns:
@@ -946,11 +974,50 @@ def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: 
                 chosen = method_choices(ans, {k: [v[i] for i in idx] for k, v in p["scores"].items()})
                 for m, a in chosen.items():
                     hits[m] = hits.get(m, 0) + bool(p["correct"].get(a, False))
+                if "texts" in p:
+                    right = [bool(p["correct"].get(a, False)) for a in ans]
+                    hits["blind"] = hits.get("blind", 0) + blind_choice([p["texts"][i] for i in idx], right)
             for m, h in hits.items():
                 accs.setdefault(m, []).append(h / len(per_problem))
         curve[n] = {m: {"mean": sum(a) / len(a), "std": (sum((x - sum(a) / len(a)) ** 2 for x in a) / len(a)) ** 0.5}
                     for m, a in accs.items()}
     return curve
+
+
+def solution_score(rm_name: str, step_scores: list[float]) -> float:
+    """What best-of-N ranks by: an ORM's score at the last tag, a PRM's minimum over its steps."""
+    return aggregate(step_scores, "last" if rm_name.startswith("ORM") else "min")
+
+
+def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
+    """Why best-of-N moves, per reward model:
+      within_auc  P(a right solution outscores a wrong one of the SAME problem), averaged over the problems that have
+                  both: what reranking needs (0.5 = blind within a problem);
+      pooled_auc  the same over all solutions pooled: also rewards knowing which problems are hard;
+      step_auc    (tasks with step truth) every step's score against its exact truth, pooled;
+      within_auc_process  within_auc with "right" = every step true (the process, not just the answer)."""
+    out = {}
+    for name in per_problem[0]["scores"] if per_problem else []:
+        within, within_proc, pooled, steps = [], [], ([], []), ([], [])
+        for p in per_problem:
+            s = [solution_score(name, x) for x in p["scores"][name]]
+            y = [float(p["correct"].get(a, False)) for a in p["answers"]]
+            pooled[0].extend(s)
+            pooled[1].extend(y)
+            if 0 < sum(y) < len(y):
+                within.append(auc(s, y))
+            if "truth" in p:
+                ok = [float(all(t) and bool(t)) for t in p["truth"]]
+                if 0 < sum(ok) < len(ok):
+                    within_proc.append(auc(s, ok))
+                for sc, t in zip(p["scores"][name], p["truth"]):
+                    steps[0].extend(sc[:len(t)])
+                    steps[1].extend(float(x) for x in t[:len(sc)])
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        out[name] = {"within_auc": mean(within), "problems_with_both": len(within), "pooled_auc": auc(*pooled)}
+        if steps[0]:
+            out[name].update(step_auc=auc(*steps), within_auc_process=mean(within_proc))
+    return out
 
 
 def split_rm(spec: str) -> tuple[str, str]:
@@ -1035,19 +1102,32 @@ def cmd_verify(args) -> int:
         del rm
     per_problem = []
     for p in problems:
-        answers = [task.extract_answer(data.join_steps(s)) if s else None for s in sol_steps[p.id]]
-        correct = {a: task.grade(data.join_steps(s), p.answer) for a, s in zip(answers, sol_steps[p.id]) if a is not None}
-        per_problem.append({"answers": answers, "correct": correct, "scores": {k: v[p.id] for k, v in scores.items()}})
+        texts = [data.join_steps(s) for s in sol_steps[p.id]]
+        answers = [task.extract_answer(t) if s else None for t, s in zip(texts, sol_steps[p.id])]
+        correct = {a: task.grade(t, p.answer) for a, t in zip(answers, texts) if a is not None}
+        per_problem.append({"answers": answers, "correct": correct, "texts": texts,
+                            "scores": {k: v[p.id] for k, v in scores.items()}})
+        if hasattr(task, "step_truth"):
+            per_problem[-1]["truth"] = [task.step_truth(p, s) for s in sol_steps[p.id]]
     S = min(len(p["answers"]) for p in per_problem)
     ns = [n for n in (2 ** k for k in range(20)) if n <= S]
     curve = best_of_n_curve(per_problem, ns, args.subsets, args.seed)
     methods = list(curve[ns[0]])
     print(f"\nbest-of-N accuracy on {len(problems)} {args.task} {args.split} problems "
-          f"(mean over {args.subsets} random subsets per N; ± std)")
+          f"(mean over {args.subsets} random subsets per N; ± std; blind: a verifier that cannot tell right from "
+          f"wrong within a problem)")
     print(f"{'N':>4} " + " ".join(f"{m:>16}" for m in methods))
     for n in ns:
         print(f"{n:>4} " + " ".join(f"{curve[n][m]['mean']:>9.3f} ±{curve[n][m]['std']:.3f}" for m in methods))
-    atomic_write(out / "results.json", json.dumps({"problems": len(problems), "curve": curve}, indent=1) + "\n")
+    diag = verifier_diagnostics(per_problem)
+    if diag:
+        print("\nverifier diagnostics (AUC: 0.5 = blind; within: right vs wrong solutions of the same problem)")
+        cols = ["within_auc", "pooled_auc", "step_auc", "within_auc_process"]
+        print(f"{'':>12} " + " ".join(f"{c:>18}" for c in cols))
+        for name, d in diag.items():
+            print(f"{name:>12} " + " ".join(f"{d.get(c, float('nan')):>18.3f}" for c in cols))
+    atomic_write(out / "results.json", json.dumps({"problems": len(problems), "curve": curve, "diagnostics": diag},
+                                                  indent=1) + "\n")
     atomic_write(out / "results.csv", "N,method,mean,std\n" + "".join(
         f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n" for n in ns for m in methods))
     try:
@@ -1056,7 +1136,7 @@ def cmd_verify(args) -> int:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m in methods:
-            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m)
+            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m, ls="--" if m == "blind" else "-")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N (solutions per problem)")
         ax.set_ylabel("accuracy")
@@ -1103,6 +1183,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=200)
     t.add_argument("--save-every", type=int, default=500)
     t.add_argument("--max-len", type=int, default=256, help="context length of a scratch model")
+    t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the input embeddings "
+                   "(PRM training then moves the +/- output rows without moving the + and - operators' embeddings)")
     t.add_argument("--tag", default=data.STEP_TAG, help="step tag token (PRM/ORM)")
     t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer'")
     t.add_argument("--bad", default="-", help="token meaning 'it cannot'")
@@ -1128,6 +1210,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--top-p", type=float, default=1.0)
     lab.add_argument("--max-new-tokens", type=int, default=128, help="per solution and per completion")
     lab.add_argument("--batch-size", type=int, default=64, help="rows per sampler batch")
+    lab.add_argument("--group", type=int, default=8, help="problems (or input records) sampled and labeled in "
+                     "shared batches: the unit of work that a resume redoes, and that torchrun ranks share out")
     lab.add_argument("--seed", type=int, default=0, help="every record's seed derives from this and its id")
     lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and the quality report go beside it")
     lab.add_argument("--format", nargs="+", default=["records"], choices=["records", "math-shepherd", "stepwise"],

@@ -40,6 +40,13 @@ POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")  # the ti
 # how it was made (deterministic on a given machine; a few minutes on 2 cores): the project's one training loop
 POLICY_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch --steps 1200 "
                   "--batch-size 32 --lr 1e-3 --seed 0 --out data/synthetic_policy")
+# the verifier base the reward models are fine-tuned from (bench/reproduce.py, ppo.py's default PRM): the policy's
+# shape, untied, SFT-trained 5x longer on 5x more problems (greedy test accuracy 0.975 vs the policy's 0.525), so it
+# checks the world's arithmetic better than the policy it judges, as the paper's verifiers do (~2 h on 2 busy cores)
+VERIFIER_DIR = str(Path(__file__).resolve().parent / "synthetic_verifier")
+VERIFIER_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch --scratch-size tiny "
+                    "--untie --steps 6000 --batch-size 32 --lr 1e-3 --warmup 100 --num-examples 100000 --heldout 0.01 "
+                    "--eval-every 2000 --save-every 1000 --seed 0 --out data/synthetic_verifier")
 SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 500}
 SPLITS = tuple(SPLIT_SIZES)
 
@@ -197,13 +204,18 @@ def sft_records(split: str = "train", n: int | None = None):
 
 
 _NUMBER = re.compile(r"\$?\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0*)?\s*\.?")
+_MAX_DIGITS = 100  # longer numbers are none of this world's; keeps int(), superlinear in the digits, off them
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer as a canonical integer string ('1,000.' -> '1000'), or None if there is none."""
+    """The final answer as a canonical integer string ('1,000.' -> '1000'), or None if there is none.
+
+    Linear in the text: string search, then one anchored match that backs off each of its runs
+    (spaces, digits, thousands groups) at most once, each step failing at once."""
     try:
         m = _NUMBER.fullmatch(answer_from_text(text) or "")
-        return str(int(m[1].replace(",", ""))) if m else None
+        digits = m[1].replace(",", "") if m else ""
+        return str(int(digits)) if m and len(digits) <= _MAX_DIGITS else None
     except Exception:  # not text at all
         return None
 
@@ -212,7 +224,8 @@ def grade(completion_text: str, gold: str) -> bool:
     """Is the last 'The answer is: X' in the completion the gold integer? Never raises."""
     try:
         got = extract_answer(completion_text)
-        return got is not None and int(got) == int(str(gold).strip().replace(",", ""))
+        target = str(gold).strip().replace(",", "")
+        return got is not None and len(target) <= _MAX_DIGITS and int(got) == int(target)
     except Exception:
         return False
 

@@ -19,7 +19,7 @@ from sampler import Completion, Sampler
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = Path(synthetic.POLICY_DIR)
 needs_policy = pytest.mark.skipif(not (POLICY / "config.json").exists(), reason="the tiny policy is not built")
-FAST = ["--limit", "3", "--num-solutions", "2", "--num-completions", "4", "--max-new-tokens", "96"]
+FAST = ["--limit", "3", "--num-solutions", "2", "--num-completions", "4", "--max-new-tokens", "96", "--group", "1"]
 
 
 def test_hard_and_soft_estimation_by_hand():
@@ -81,7 +81,7 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     lab = shepherd.Labeler(args, synthetic, model, model, tok, tok.single_token(data.STEP_TAG))
     problems = synthetic.load("test")[:4]
     args.temperature = 0.7  # varied solutions ...
-    sols = [s for p in problems for s in lab.sample_solutions(p)]
+    sols = [s for p in problems for s in lab.sample_solutions([p])[p.id]]
     args.temperature = 0.0  # ... labeled by a greedy completer
     records = lab.label(sols)
     plain = Sampler(model, max_batch=4)
@@ -118,12 +118,12 @@ def test_sigkill_and_resume_give_the_same_bytes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = side.read_text().count("\n")
-    assert 1 <= done < 4, "the run was not killed in the middle"
+    assert 1 <= done < 4, "the run was not killed in the middle"  # --group 1: a unit is one problem
     with open(cut, "ab") as f:  # and a torn half line, as a crash in mid-write would leave
         f.write(b'{"id": "syn-train-0')
     r = run_label(cut, "--limit", "4")
     assert r.returncode == 0, r.stderr
-    assert f"{done} of 4 problems already labeled" in r.stdout
+    assert f"{done} of 4 units of 1 already labeled" in r.stdout
     assert cut.read_bytes() == whole.read_bytes()
     assert len(whole.read_text().splitlines()) >= 4
 
@@ -131,11 +131,11 @@ def test_sigkill_and_resume_give_the_same_bytes(tmp_path):
 @needs_policy
 def test_torchrun_two_processes_equal_one(tmp_path):
     one = tmp_path / "one.jsonl"
-    assert run_label(one).returncode == 0
+    assert run_label(one, "--limit", "5", "--group", "2").returncode == 0  # units of 2, 2 and 1 problems
     two = tmp_path / "two.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                        str(ROOT / "shepherd.py"), "label", "--out", str(two), *FAST],
+                        str(ROOT / "shepherd.py"), "label", "--out", str(two), *FAST, "--limit", "5", "--group", "2"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert two.read_bytes() == one.read_bytes()

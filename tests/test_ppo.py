@@ -66,17 +66,44 @@ def test_grid_and_reward_placement():
     assert g["ids"].tolist() == [[1, 5, 6, 6, TAG, 7, TAG, EOS], [1, 7, 7, TAG, 6, PAD, PAD, PAD]]
     assert g["mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
     assert g["pos"].tolist() == [[2, 3, 4, 5, 6], [1, 2, 3, 1, 1]]  # the position whose logits predict each token
-    p = torch.tensor([[.1, .2, .3, .4, .5], [.6, .7, .8, .9, .95]])  # p(+) read at each response token
+    decode = lambda ids: "".join(VOCAB[i].replace("▁", " ") for i in ids if i > 3)  # noqa: E731
+    # row 0: two tagged steps, then EOS; row 1: one tagged step, then "1" cut by the limit: an untagged tail
+    steps = [ppo.response_steps([6, TAG, 7, TAG, EOS], TAG, True, decode),
+             ppo.response_steps([7, TAG, 6], TAG, False, decode)]
+    assert steps == [[(0, 1), (2, 3)], [(0, 1), (2, 2)]]
+    assert ppo.response_steps([6, TAG, 5, EOS], TAG, True, decode) == [(0, 1)]  # a tail of whitespace is no step
+    assert ppo.response_steps([EOS], TAG, True, decode) == []
+    ends = ppo.end_mask(steps, g["mask"].shape)
+    assert ends.tolist() == [[False, True, False, True, False], [False, True, True, False, False]]
+    p = torch.tensor([[.1, .2, .3, .4, .5], [.6, .7, .8, .9, .95]])  # p(+) of the step ending at each token
     answered = torch.tensor([True, False])
-    prm = ppo.score_rewards(g["act"], g["mask"], p, TAG, "prm", 0.5, answered, -1.0)
+    prm = ppo.score_rewards(ends, p, g["mask"], "prm", 0.5, answered, -1.0)
     close(prm, [[0, .2 - .5, 0, .4 - .5, 0],  # on each step's tag, not on EOS
-                [0, .7 - .5, -1.0, 0, 0]])  # the no-answer penalty on the last token; nothing on padding
-    orm = ppo.score_rewards(g["act"], g["mask"], p, TAG, "orm", 0.5, answered, -1.0)
-    close(orm, [[0, 0, 0, 0, .4 - .5],  # the LAST tag's score, on the last token (EOS)
-                [0, 0, .7 - .5 - 1.0, 0, 0]])
-    no_tag = ppo.make_grid([[1]], [[6, 7]], PAD, "cpu")
-    assert ppo.score_rewards(no_tag["act"], no_tag["mask"], torch.tensor([[.9, .9]]), TAG, "orm", 0.5,
-                             torch.tensor([False]), -1.0).tolist() == [[0, -1.0]]
+                [0, .7 - .5, .8 - .5 - 1.0, 0, 0]])  # the tail's score and the no-answer penalty on the last token
+    orm = ppo.score_rewards(ends, p, g["mask"], "orm", 0.5, answered, -1.0)
+    close(orm, [[0, 0, 0, 0, .4 - .5],  # the LAST step's score, on the last token (EOS)
+                [0, 0, .8 - .5 - 1.0, 0, 0]])
+    no_step = ppo.make_grid([[1]], [[EOS]], PAD, "cpu")
+    assert ppo.score_rewards(torch.zeros(1, 1, dtype=torch.bool), torch.tensor([[.9]]), no_step["mask"], "orm", 0.5,
+                             torch.tensor([False]), -1.0).tolist() == [[-1.0]]
+
+
+def test_the_untagged_tail_is_read_at_an_appended_tag(tmp_path):
+    """The reward model scores an untagged last step as if it were tagged: the same p(+) as the tagged response."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    rm, head = Transformer(cfg).eval(), PRMHead(TAG, 9, 10)
+    decode = lambda ids: "".join(VOCAB[i] for i in ids if i > 3)  # noqa: E731
+    tagged, untagged = [6, TAG, 7, 6, TAG, EOS], [6, TAG, 7, 6, EOS]
+    steps = [ppo.response_steps(r, TAG, True, decode) for r in (tagged, untagged)]
+    assert steps == [[(0, 1), (2, 4)], [(0, 1), (2, 3)]]
+    with torch.no_grad():
+        p = ppo.step_end_probs(rm, [[1, 5], [1, 5]], [tagged, untagged], steps, head, PAD, "cpu")
+        want = step_scores(rm, torch.tensor([[1, 5] + tagged]), head)[0]
+    assert p[0, [1, 4]].tolist() == pytest.approx(want, abs=1e-6)
+    assert p[1, [1, 3]].tolist() == pytest.approx(want, abs=1e-6)  # the tail's score sits on its last token (3)
+    assert p[0, [0, 2, 3, 5]].abs().sum() == 0 and p[1, [0, 2, 4]].abs().sum() == 0
 
 
 def test_kl_penalty_per_token():
@@ -135,10 +162,27 @@ def test_oracle_step_rewards_follow_the_exact_truth(tmp_path):
     problem = synthetic.load("test", 3)[2]
     steps = data.split_steps(problem.meta["solution"])
     texts = [data.join_steps(steps), data.join_steps(steps[:1] + ["1 + 1 = 2"] + steps[2:])]
-    g = ppo.make_grid([[1], [1]], [tok.encode(t, bos=False) + [tok.eos_id] for t in texts], tok.pad_id, "cpu")
-    p = ppo.oracle_step_probs(synthetic, [problem, problem], texts, g["act"], g["mask"], tag)
-    assert [p[b][g["act"][b] == tag].tolist() for b in range(2)] == [[1.0] * len(steps), [1.0] + [0.0] * (len(steps) - 1)]
-    assert p[g["act"] != tag].abs().sum() == 0
+    untagged = data.join_steps(steps)[:-len(" " + data.STEP_TAG)]  # the answer step written without its tag
+    empty = data.join_steps(steps[:1]) + " " + data.STEP_TAG + "\n" + data.join_steps(steps[1:])  # an empty step
+    responses = [tok.encode(t, bos=False) + [tok.eos_id] for t in texts + [untagged, empty]]
+    rs = [ppo.response_steps(r, tag, True, tok.decode) for r in responses]
+    assert [len(x) for x in rs] == [len(steps)] * 3 + [len(steps) + 1]
+    p = ppo.oracle_step_probs(synthetic, [problem] * 4, responses, rs, tok.decode, "cpu")
+    at_ends = [p[b][[last for _, last in rs[b]]].tolist() for b in range(4)]
+    n = len(steps)
+    assert at_ends[:3] == [[1.0] * n, [1.0] + [0.0] * (n - 1), [1.0] * n]  # the untagged answer is judged too
+    assert at_ends[3] == [1.0, 0.0] + [0.0] * (n - 1)  # the empty step is false, and so is all after it: no shift
+    # the loophole: with the oracle, leaving the final tag off earns exactly what writing it earns
+    ends = [ppo.end_mask([x], (1, len(r))) for x, r in zip(rs, responses)]
+    total = [ppo.score_rewards(e, p[b:b + 1, :e.shape[1]], torch.ones_like(e), "prm", 0.5, torch.tensor([True]),
+                               -1.0).sum().item() for b, e in enumerate(ends)]
+    assert total[2] == total[0] == 0.5 * n
+    assert p[~ppo.end_mask(rs, p.shape)].abs().sum() == 0
+
+
+def test_temperature_zero_is_refused():
+    with pytest.raises(SystemExit):
+        ppo.parse_args(["--temperature", "0"])
 
 
 def test_oracle_reward_refuses_a_task_without_step_truth():
@@ -254,12 +298,19 @@ def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch):
         ppo.main(b)
     monkeypatch.setattr(ppo, "save_checkpoint", real)
     assert torch.load(tmp_path / "b" / "checkpoint" / "trainer_state.pt", weights_only=True)["iteration"] == 1
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:  # as if it had crashed after logging iteration 2, unsaved
+        f.write(json.dumps({"iteration": 2, "reward/score": 123.0}) + "\n")
+    with pytest.raises(SystemExit, match=r"other settings \(--lr 0.003 -> 0.001\).*--restart"):
+        ppo.main(b + ["--lr", "1e-3"])  # a checkpoint made with another learning rate is not resumed
     assert ppo.main(b) == 0
     pa, pb = params(tmp_path / "a" / "checkpoint"), params(tmp_path / "b" / "checkpoint")
     for k in pa:
         assert torch.equal(pa[k], pb[k]), k  # bit-identical: same rollouts, shuffles, optimizer state, schedule
     log = lambda x: [json.loads(s) for s in (tmp_path / x / "log.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [r["reward/score"] for r in log("a")] == [r["reward/score"] for r in log("b")]
+    assert [r["reward/score"] for r in log("a")] == [r["reward/score"] for r in log("b")]  # no repeated iteration
+    assert [r["iteration"] for r in log("b")] == [1, 2]
+    assert ppo.main(b + ["--restart", "--iterations", "1"]) == 0
+    assert [r["iteration"] for r in log("b")] == [1]  # --restart starts a new log, not a second run appended
 
 
 def test_short_run_raises_the_mean_prm_reward(world, tmp_path):

@@ -122,6 +122,33 @@ def test_shipped_policy_is_in_the_accuracy_band():
     assert 0 < res["correct_with_false_step"] < 0.5
 
 
+@pytest.mark.skipif(not (Path(synthetic.VERIFIER_DIR) / "config.json").exists(), reason="the verifier base is not built")
+def test_shipped_verifier_base_checks_the_world_better_than_the_policy():
+    """`synthetic.VERIFIER_COMMAND`'s model: an LM head of its own, and far stronger at the world than the policy."""
+    model, tok = Transformer.from_pretrained(synthetic.VERIFIER_DIR), Tokenizer(synthetic.VERIFIER_DIR)
+    assert not model.config.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight
+    assert tok.vocab_size == Tokenizer(synthetic.POLICY_DIR).vocab_size  # one world, one tokenizer
+    res = shepherd.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
+    print(res)
+    assert res["accuracy"] >= 0.9  # the policy: 0.525
+
+
+def test_untie_keeps_the_outputs_and_saves_a_head_of_its_own(tmp_path, tok_dir):
+    model, tok, _ = _tiny(tok_dir)
+    ids = torch.tensor([tok.encode("3 + 4 = 7")])
+    ref = model(ids)
+    model.untie()
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)
+    with torch.no_grad():
+        model.lm_head.weight[tok.encode("+")[-1]] += 1.0  # the output row moves, the input embedding does not
+    model.save_pretrained(tmp_path / "u", tokenizer_dir=tok_dir)
+    back = Transformer.from_pretrained(tmp_path / "u")
+    assert not back.config.tie_word_embeddings
+    torch.testing.assert_close(back(ids), model(ids))
+    torch.testing.assert_close(back.model.embed_tokens.weight, _tiny(tok_dir)[0].model.embed_tokens.weight)
+
+
 @pytest.mark.parametrize("labels", ["hard", "soft"])
 def test_short_prm_run_lowers_heldout_loss(tmp_path, labels):
     """Label records whose labels are the synthetic world's exact truth (hard) or a noisy fraction (soft)."""

@@ -83,3 +83,83 @@ def test_scores_in_the_released_prm_layout(tmp_path):
     want = [torch.softmax(logits[t, [648, 387]], -1)[0].item() for t in tags]
     assert len(got) == 2 and got == pytest.approx(want, abs=1e-5)
     assert step_scores(ours, ids, head)[0] == pytest.approx(want, abs=1e-5)
+
+
+def problem(texts, right, scores):
+    """One problem's solutions: texts, whether each is right, and one step-score list per solution."""
+    answers = [f"a{t}" for t in texts]
+    return {"answers": answers, "correct": dict(zip(answers, right)), "texts": texts, "scores": {"PRM": scores}}
+
+
+def test_within_problem_auc_of_a_perfect_a_blind_and_an_inverted_verifier():
+    # two problems; problem 1 is easy (3 of 4 right), problem 2 hard (1 of 4 right)
+    right = [[True, True, True, False], [True, False, False, False]]
+    texts = [["a", "a", "b", "c"], ["d", "e", "f", "g"]]
+
+    def diag(score):
+        pp = [problem(t, r, [[score(k, y)] for y in r]) for k, (t, r) in enumerate(zip(texts, right))]
+        return shepherd.verifier_diagnostics(pp)["PRM"]
+    perfect = diag(lambda k, y: 0.9 if y else 0.1)
+    assert perfect["within_auc"] == 1.0 and perfect["pooled_auc"] == 1.0 and perfect["problems_with_both"] == 2
+    inverted = diag(lambda k, y: 0.1 if y else 0.9)
+    assert inverted["within_auc"] == 0.0 and inverted["pooled_auc"] == 0.0
+    # blind within a problem: it only knows problem 1 is easy. Pooled it looks good; within, it is chance
+    blind = diag(lambda k, y: 0.8 if k == 0 else 0.2)
+    assert blind["within_auc"] == 0.5
+    # pooled: positives .8 .8 .8 .2 vs negatives .8 .2 .2 .2: 9 pairs ordered, 6 ties (x 1/2), of 16: 0.75
+    assert blind["pooled_auc"] == pytest.approx(0.75)
+
+
+def test_step_auc_and_process_auc_read_the_truth():
+    # solution 2 is right by luck: its answer is right but its first step is false; a PRM that sees it scores it low
+    p = problem(["x", "y", "z"], [True, True, False], [[0.9, 0.8], [0.3, 0.7], [0.2, 0.1]])
+    p["truth"] = [[True, True], [False, False], [False, False]]
+    d = shepherd.verifier_diagnostics([p])["PRM"]
+    # min scores .8 .3 .1; outcome-right {.8,.3} vs wrong {.1}: 1.0; process-right {.8} vs {.3,.1}: 1.0
+    assert d["within_auc"] == 1.0 and d["within_auc_process"] == 1.0
+    # steps: true {.9,.8} vs false {.3,.7,.2,.1}: 8 of 8 pairs ordered
+    assert d["step_auc"] == 1.0
+    p["scores"]["PRM"][1] = [0.95, 0.95]  # now the lucky solution outscores everything
+    d = shepherd.verifier_diagnostics([p])["PRM"]
+    assert d["within_auc"] == 1.0 and d["within_auc_process"] == 0.5  # {.8} vs {.95,.1}
+    assert d["step_auc"] == pytest.approx(4 / 8)  # .9 and .8 each beat .2, .1 only
+
+
+def test_the_blind_baseline_is_a_random_distinct_text():
+    # the right text is written 3 times, the wrong ones once each: 3 of 6 solutions right, 1 of 4 texts
+    texts, right = ["r", "r", "r", "w1", "w2", "w3"], [True, True, True, False, False, False]
+    assert shepherd.blind_choice(texts, right) == 0.25
+    p = problem(texts, right, [[0.5]] * 6)
+    curve = shepherd.best_of_n_curve([p], [1, 6], subsets=4000, seed=0)
+    assert curve[6]["blind"]["mean"] == 0.25 and curve[6]["blind"]["std"] == 0.0
+    assert curve[1]["blind"]["mean"] == pytest.approx(0.5, abs=0.03)  # one solution: right half the time
+    # the baseline is what a deterministic verifier with no signal does on average: random scores, one per text
+    rng = torch.Generator().manual_seed(0)
+    hits = []
+    for _ in range(400):
+        s = dict(zip(["r", "w1", "w2", "w3"], torch.rand(4, generator=rng).tolist()))
+        q = problem(texts, right, [[s[t]] for t in texts])
+        hits.append(shepherd.best_of_n_curve([q], [6], subsets=1, seed=0)[6]["PRM-min"]["mean"])
+    assert sum(hits) / len(hits) == pytest.approx(0.25, abs=0.05)
+
+
+def test_copies_of_a_text_are_scored_once(monkeypatch):
+    calls = []
+    import model as model_mod
+    monkeypatch.setattr(model_mod, "step_scores", lambda m, ids, head: calls.append(ids.shape[0]) or
+                        [[float(ids[b].ne(0).sum())] for b in range(ids.shape[0])])
+
+    class Tok:
+        pad_id, eos_id = 0, 1
+
+        def encode(self, t):
+            return [5] * len(t)
+
+    class M(torch.nn.Module):
+        config = type("C", (), {"max_position_embeddings": 100})()
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+    got = shepherd.score_solutions(M(), Tok(), None, ["aaa", "b", "aaa", "aaa", "cc"], batch_size=8)
+    assert got == [[3.0], [1.0], [3.0], [3.0], [2.0]] and calls == [3]
