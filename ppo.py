@@ -131,8 +131,8 @@ class ValueModel(nn.Module):
     The backbone starts from the reward model by default (as InstructGPT starts its value function from the RM): a
     PRM's hidden state at a prefix already encodes "can this still reach the answer", which is what the value of a
     prefix tracks under step rewards. The head starts at ZERO, so the first values are 0 rather than noise (the
-    first advantages are plain rewards-to-go), and no gradient reaches the backbone until the head has a direction:
-    the critic cannot scramble the features it starts from in its first steps."""
+    first advantages are plain rewards-to-go) and the first optimizer step moves the head alone (a zero head passes
+    no gradient back); from the second step on, AdamW trains the backbone with it."""
 
     def __init__(self, backbone: Transformer):
         super().__init__()
@@ -488,6 +488,17 @@ def rows_of(g: dict, idx: torch.Tensor) -> dict:
     return {k: (v[idx, :S] if k == "ids" else v[idx, :R]) for k, v in g.items()}
 
 
+def sync_gradients(M, on: bool):
+    """Gradient all-reduce on or off for the next backward passes of both trained models: DDP's no_sync() (entered
+    here, left by M.no_sync.close()) or FSDP2's set_requires_gradient_sync; a plain module has nothing to sync."""
+    M.no_sync = contextlib.ExitStack()
+    for model in (M.policy, M.critic):
+        if isinstance(model, nn.parallel.DistributedDataParallel) and not on:
+            M.no_sync.enter_context(model.no_sync())
+        elif hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(on)
+
+
 def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
     B, mb = g["ids"].shape[0], cfg.minibatch_size
     per_rank = mb // d.world
@@ -507,7 +518,9 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
             # minibatch) makes the result the mean over every token of the minibatch, however they fall on ranks
             scale = d.world / g["mask"][rows].sum()
             mine = rows[d.rank * per_rank:(d.rank + 1) * per_rank]
-            for chunk in mine.split(cfg.micro_batch):  # gradient accumulation: chunks' gradients add up
+            chunks = mine.split(cfg.micro_batch)
+            for j, chunk in enumerate(chunks):  # gradient accumulation: chunks' gradients add up
+                sync_gradients(M, j == len(chunks) - 1)  # ranks exchange the sum once, after the last chunk
                 x = rows_of(g, chunk)
                 m = x["mask"]
                 with M.amp:  # policy, then critic: one model's activations alive at a time
@@ -518,6 +531,7 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
                     values = grid_values(M.critic, x)
                 vf = value_loss(values, x["value"], x["returns"], cfg.value_clip)
                 ((vf * m).sum() * scale).backward()
+                M.no_sync.close()
                 with torch.no_grad():
                     log_ratio = lp - x["old_lp"]
                     sums += torch.stack([(pg * m).sum(), (vf * m).sum(), (ent * m).sum(),

@@ -1,20 +1,37 @@
 """ppo.py: GAE, reward placement, the KL term and the clipped losses against hand computations; the token grid
 against a plain forward; then whole runs on a tiny world built here: two gloo processes give the one-process
-update, a resumed run is the uninterrupted one, and a short run raises the mean PRM reward."""
+update, a resumed run is the uninterrupted one, and a short run raises the mean PRM reward.
+
+One-line mutations of ppo.py each of which fails at least one test here (checked by applying each):
+    kl_coef default 0.04 -> 0                        test_build_batch_by_hand
+    KL sign flipped (ref - old)                      test_kl_penalty_per_token
+    advantages not whitened                          test_build_batch_by_hand
+    GAE's lambda -> 1                                test_build_batch_by_hand
+    value loss summed over padding too               test_update_steps_down_the_masked_token_mean_gradients
+    value loss x 0                                   test_update_steps_down_the_masked_token_mean_gradients
+    token sum instead of token mean                  test_update_steps_down_the_masked_token_mean_gradients
+    `answered` ignored (no penalty ever)             test_rollout_penalises_exactly_the_responses_without_an_answer
+    policy-gradient sign flipped                     test_clipped_losses_by_hand
+    no-answer penalty on the first token             test_grid_and_reward_placement
+"""
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import data
 import ppo
+import shepherd
 from data import synthetic
 from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_scores
+from sampler import Sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG, EOS, PAD = 8, 2, 3  # in the tiny vocabulary below
@@ -134,6 +151,73 @@ def test_clipped_losses_by_hand():
     (pg.sum() + vf.sum()).backward()
     assert lp.grad.tolist() == pytest.approx([0, -0.5, 0, 1.5])  # clipped tokens pull no more: zero gradient
     assert values.grad.tolist() == pytest.approx([0, 0.2, 1.5, 0])  # the clipped branch won: no gradient to V
+
+
+def hand_rows():
+    """Two rollout rows as rollout() leaves them: responses of 5 and 3 tokens (the grid() above)."""
+    return [{"prompt": [1, 5, 6], "response": [6, TAG, 7, TAG, EOS], "old_lp": [-1.0, -2.0, -0.5, -0.1, -0.2],
+             "ref_lp": [-1.5, -1.0, -0.5, -0.3, -0.2], "value": [0.1, 0.2, -0.1, 0.3, 0.0],
+             "score": [0.0, 0.3, 0.0, -0.2, 0.0]},
+            {"prompt": [1, 7], "response": [7, TAG, 6], "old_lp": [-0.3, -0.4, -0.5], "ref_lp": [-0.3, -0.9, -0.1],
+             "value": [0.5, -0.2, 0.4], "score": [0.0, 0.1, -1.0]}]
+
+
+def test_build_batch_by_hand():
+    """Default settings: r = score - 0.04 (log pi_old - log pi_ref); returns = the lambda-return with lambda 0.95, gamma 1;
+    advantages whitened over the valid tokens (mean 0, std 1)."""
+    cfg, rows = ppo.Config(), hand_rows()
+    g = ppo.build_batch(cfg, rows, SimpleNamespace(pad_id=PAD, device="cpu"))
+    for b, r in enumerate(rows):
+        n = len(r["response"])
+        rew = [s - 0.04 * (o - f) for s, o, f in zip(r["score"], r["old_lp"], r["ref_lp"])]
+        assert g["rewards"][b, :n].tolist() == pytest.approx(rew, abs=1e-6)
+        adv, nxt_v, nxt_a = [0.0] * n, 0.0, 0.0  # GAE written out: delta = r + V' - V, A = delta + 0.95 A'
+        for k in reversed(range(n)):
+            adv[k] = rew[k] + nxt_v - r["value"][k] + 0.95 * nxt_a
+            nxt_v, nxt_a = r["value"][k], adv[k]
+        assert g["returns"][b, :n].tolist() == pytest.approx([a + v for a, v in zip(adv, r["value"])], abs=1e-6)
+        r["adv"] = adv
+    flat = torch.tensor([a for r in rows for a in r["adv"]])
+    want = (flat - flat.mean()) / flat.std(unbiased=False)
+    assert g["adv"][g["mask"]].tolist() == pytest.approx(want.tolist(), abs=1e-5)
+    assert g["adv"][~g["mask"]].abs().sum() == 0
+
+
+def test_update_steps_down_the_masked_token_mean_gradients():
+    """One minibatch, one epoch, plain SGD: the policy and the critic each move by -lr x the gradient of their loss
+    averaged over the valid tokens of the minibatch (padding inside a micro-batch counts for nothing)."""
+    torch.manual_seed(0)
+    mc = ModelConfig(vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=True)
+    policy, critic = Transformer(mc), ppo.ValueModel(Transformer(mc))
+    torch.nn.init.normal_(critic.head.weight, std=0.5)  # a live head, so the backbone gets gradients too
+    cfg = ppo.Config(epochs=1, minibatch_size=2, micro_batch=2, max_grad_norm=1e9, warmup=0, lr=0.1, critic_lr=0.1)
+    rows = hand_rows()
+    with torch.no_grad():  # pi_old and V_old from the models themselves, as rollout() makes them
+        g0 = ppo.make_grid([r["prompt"] for r in rows], [r["response"] for r in rows], PAD, "cpu")
+        lp0, v0 = ppo.token_logprobs(policy, g0, 1.0)[0], ppo.grid_values(critic, g0)
+    for b, r in enumerate(rows):
+        n = len(r["response"])
+        r["old_lp"], r["value"] = lp0[b, :n].tolist(), v0[b, :n].tolist()
+    g = ppo.build_batch(cfg, rows, SimpleNamespace(pad_id=PAD, device="cpu"))
+    m = g["mask"]
+    lp = ppo.token_logprobs(policy, g, 1.0)[0]
+    pg = (ppo.policy_loss(lp, g["old_lp"], g["adv"], cfg.clip)[0] * m).sum() / m.sum()
+    vf = (ppo.value_loss(ppo.grid_values(critic, g), g["value"], g["returns"], cfg.value_clip) * m).sum() / m.sum()
+    want_p = torch.autograd.grad(pg, list(policy.parameters()))
+    want_c = torch.autograd.grad(vf, list(critic.parameters()))
+    before = [p.detach().clone() for p in [*policy.parameters(), *critic.parameters()]]
+    M = SimpleNamespace(policy=policy, critic=critic, amp=contextlib.nullcontext(), device="cpu",
+                        opt_policy=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
+                        opt_critic=torch.optim.SGD(critic.parameters(), lr=cfg.critic_lr))
+    stats = ppo.update(cfg, 0, g, M, shepherd.Dist())
+    lr_p, lr_c = M.opt_policy.param_groups[0]["lr"], M.opt_critic.param_groups[0]["lr"]
+    assert lr_p > 0 and lr_c > 0
+    after = [*policy.parameters(), *critic.parameters()]
+    for p0, p1, grad, lr in zip(before, after, [*want_p, *want_c], [lr_p] * len(want_p) + [lr_c] * len(want_c)):
+        torch.testing.assert_close(p1.detach(), p0 - lr * grad, atol=1e-6, rtol=1e-4)
+    assert stats["loss/value"] == pytest.approx(vf.item(), rel=1e-5)
+    assert any(grad.abs().sum() > 0 for grad in want_c[:-2])  # the backbone's gradients were not all zero
 
 
 def test_logprobs_and_step_probs_read_the_right_positions(tmp_path):
@@ -259,7 +343,8 @@ def test_two_gloo_processes_make_the_one_process_update(world, tmp_path):
     sharded): rollouts, minibatches and gradients are the same, so the parameters after the update are too."""
     assert ppo.main(args(world, tmp_path / "one", "--iterations", "1")) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+    # four rows per rank in micro-batches of 1: gradients accumulate unsynchronised, then are reduced once
+    for name, extra in (("ddp", ["--micro-batch", "1"]), ("fsdp", ["--fsdp", "--micro-batch", "1"])):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "ppo.py",
                *args(world, tmp_path / name, "--iterations", "1", *extra)]
         run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -326,6 +411,32 @@ def test_short_run_raises_the_mean_prm_reward(world, tmp_path):
     assert sum(p[-3:]) / 3 > sum(p[:2]) / 2 + 0.1
     assert sum(score[-3:]) / 3 > sum(score[:2]) / 2
     assert all(math.isfinite(r["loss/value"]) and r["check/sampler_logprob_err"] < 1e-4 for r in log)
+    assert all(r["reward/total"] == pytest.approx(r["reward/score"] - 0.04 * r["policy/kl"], abs=1e-4) for r in log)
+    assert log[0]["policy/kl"] == 0 and min(r["policy/kl"] for r in log[1:]) > 0  # pi moved away from pi_ref
+    # the critic learned: its head left zero and its backbone left the reward model it started from
+    from safetensors.torch import load_file
+    ck, rm = params(tmp_path / "run" / "checkpoint"), load_file(str(Path(world[1]) / "model.safetensors"))
+    assert ck["head.weight"].abs().sum() > 0 and log[0]["value/explained_var"] == 0
+    assert max((ck["critic." + k] - v).abs().max().item() for k, v in rm.items() if "critic." + k in ck) > 1e-3
+
+
+@pytest.mark.parametrize("reward", ["prm", "orm", "truth"])
+def test_rollout_penalises_exactly_the_responses_without_an_answer(world, tmp_path, reward):
+    """The same rollouts (same seeds) with and without --no-answer-penalty: the scores differ by the penalty on the
+    last token of each response the task finds no answer in, and nowhere else."""
+    got = {}
+    for penalty in ("0", "-1"):
+        cfg = ppo.parse_args(args(world, tmp_path / penalty, "--reward", reward, "--temperature", "0.7",
+                                  "--max-new-tokens", "24", "--no-answer-penalty", penalty))
+        task, tok, head, M, _, _ = ppo.setup(cfg, shepherd.Dist())
+        problems = task.load("train")[:12]  # the tiny vocabulary cannot spell "The answer is": none has an answer
+        got[penalty] = ppo.rollout(cfg, 0, problems, M, Sampler(M.policy_raw, max_batch=16), tok, head, task, ppo.Timer())
+    for a, b in zip(got["0"], got["-1"]):
+        assert a["response"] == b["response"] and a["answered"] == b["answered"]
+        diff = [y - x for x, y in zip(a["score"], b["score"])]
+        want = [0.0] * (len(diff) - 1) + [0.0 if a["answered"] else -1.0]
+        assert diff == pytest.approx(want, abs=1e-6)
+    assert not any(r["answered"] for r in got["0"])
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path, monkeypatch):
