@@ -30,7 +30,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -40,7 +39,7 @@ from data import synthetic
 import shepherd
 from model import PRMHead, Tokenizer, Transformer, step_logits
 from sampler import Sampler
-from shepherd import Dist, barrier, init_distributed, lr_at, seed_for
+from shepherd import Dist, InputError, barrier, init_distributed, lr_at, seed_for
 
 ROOT = Path(__file__).resolve().parent
 
@@ -316,7 +315,7 @@ def oracle_step_probs(task, problems, responses, steps, decode, device) -> torch
     return p.to(device)
 
 
-def score_rewards(ends, p_end, mask, kind: str, center: float, answered, penalty: float) -> torch.Tensor:
+def score_rewards(ends, p_end, mask, answered, *, kind: str, center: float, penalty: float) -> torch.Tensor:
     """The reward model's part of the reward, on the response grid (B, R). ends: each step's last token (end_mask);
     p_end: the reward model's p(+) for the step ending there (step_end_probs).
 
@@ -421,18 +420,16 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
     """This rank's problems -> one response each, with per-token old/ref log-probs, values and reward-model score.
     Row seeds derive from (seed, iteration, problem id): the same rollouts on any number of ranks, and on resume."""
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
-    ctx = M.policy_raw.config.max_position_embeddings
-    with timer("generate"), full_params(M.policy_raw, cfg):
-        outs = sampler.generate(prompts, [min(cfg.max_new_tokens, ctx - len(p)) for p in prompts],
-                                temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
+    with timer("generate"), full_params(M.policy, cfg):
+        outs = sampler.generate(prompts, sampler.room(prompts, cfg.max_new_tokens), temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
     responses = [o.tokens for o in outs]
     steps = [response_steps(o.tokens, head.tag_id, o.finish_reason == "stop", tok.decode) for o in outs]
     with timer("score"), M.amp:
         g = make_grid(prompts, responses, M.pad_id, M.device)
         # pi_old by the SAME forward the update runs (not the sampler's cached decode): the first ratio is exactly 1
-        old_lp, _ = token_logprobs(M.policy_raw, g, cfg.temperature)
+        old_lp, _ = token_logprobs(M.policy, g, cfg.temperature)
         ref_lp, _ = token_logprobs(M.ref, g, cfg.temperature)
-        values = grid_values(M.critic_raw, g)
+        values = grid_values(M.critic, g)
         texts = [tok.decode(r) for r in responses]
         if cfg.reward == "truth":
             p_end = oracle_step_probs(task, problems, responses, steps, tok.decode, M.device)
@@ -440,7 +437,8 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
             p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
         ends = end_mask(steps, g["mask"].shape).to(M.device)
-        score = score_rewards(ends, p_end, g["mask"], cfg.reward, cfg.reward_center, answered, cfg.no_answer_penalty)
+        score = score_rewards(ends, p_end, g["mask"], answered, kind=cfg.reward, center=cfg.reward_center,
+                              penalty=cfg.no_answer_penalty)
     truth = hasattr(task, "step_truth")
     rows = []
     for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
@@ -492,7 +490,7 @@ def sync_gradients(M, on: bool):
     """Gradient all-reduce on or off for the next backward passes of both trained models: DDP's no_sync() (entered
     here, left by M.no_sync.close()) or FSDP2's set_requires_gradient_sync; a plain module has nothing to sync."""
     M.no_sync = contextlib.ExitStack()
-    for model in (M.policy, M.critic):
+    for model in (M.policy_step, M.critic_step):
         if isinstance(model, nn.parallel.DistributedDataParallel) and not on:
             M.no_sync.enter_context(model.no_sync())
         elif hasattr(model, "set_requires_gradient_sync"):
@@ -503,7 +501,8 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
     B, mb = g["ids"].shape[0], cfg.minibatch_size
     per_rank = mb // d.world
     steps_per_it = cfg.epochs * (B // mb)
-    sums = torch.zeros(6, device=M.device)  # token sums of: pg, vf, entropy, clipped, approx-kl; tokens
+    sums = dict.fromkeys(("loss/policy", "loss/value", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
+                          "tokens"), 0.0)  # token sums, divided by the token count at the end
     gnorms = []
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, "shuffle", it, epoch))  # same on every rank
@@ -524,22 +523,22 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
                 x = rows_of(g, chunk)
                 m = x["mask"]
                 with M.amp:  # policy, then critic: one model's activations alive at a time
-                    lp, ent = token_logprobs(M.policy, x, cfg.temperature, entropy=True)
+                    lp, ent = token_logprobs(M.policy_step, x, cfg.temperature, entropy=True)
                 pg, ratio = policy_loss(lp, x["old_lp"], x["adv"], cfg.clip)
                 ((pg * m).sum() * scale).backward()  # no entropy bonus: the KL penalty holds the policy near pi_ref
                 with M.amp:
-                    values = grid_values(M.critic, x)
+                    values = grid_values(M.critic_step, x)
                 vf = value_loss(values, x["value"], x["returns"], cfg.value_clip)
                 ((vf * m).sum() * scale).backward()
                 M.no_sync.close()
                 with torch.no_grad():
                     log_ratio = lp - x["old_lp"]
-                    sums += torch.stack([(pg * m).sum(), (vf * m).sum(), (ent * m).sum(),
-                                         (((ratio - 1).abs() > cfg.clip) & m).sum(),
-                                         ((ratio - 1 - log_ratio) * m).sum(),  # k3 estimate of KL(old || new)
-                                         m.sum()]).float()
-            gp = torch.nn.utils.clip_grad_norm_(M.policy.parameters(), cfg.max_grad_norm)
-            gc = torch.nn.utils.clip_grad_norm_(M.critic.parameters(), cfg.max_grad_norm)
+                    for k, v in (("loss/policy", pg), ("loss/value", vf), ("policy/entropy", ent),
+                                 ("policy/clipfrac", (ratio - 1).abs() > cfg.clip),
+                                 ("policy/approx_kl", ratio - 1 - log_ratio), ("tokens", 1)):  # k3: KL(old || new)
+                        sums[k] = sums[k] + (v * m).sum().float()
+            gp = torch.nn.utils.clip_grad_norm_(M.policy_step.parameters(), cfg.max_grad_norm)
+            gc = torch.nn.utils.clip_grad_norm_(M.critic_step.parameters(), cfg.max_grad_norm)
             gp, gc = (float(x.full_tensor() if hasattr(x, "full_tensor") else x) for x in (gp, gc))
             if not (math.isfinite(gp) and math.isfinite(gc)):  # gradients are all-reduced: every rank stops here
                 raise NonFinite(f"gradient norm {gp} (policy), {gc} (critic) at iteration {it + 1}")
@@ -548,12 +547,13 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
             M.opt_policy.zero_grad(set_to_none=True)
             M.opt_critic.zero_grad(set_to_none=True)
             gnorms.append(gp)
+    total = torch.stack(list(sums.values()))
     if d.world > 1:
-        torch.distributed.all_reduce(sums)
-    n = sums[5].item()
-    return {"loss/policy": sums[0].item() / n, "loss/value": sums[1].item() / n, "policy/entropy": sums[2].item() / n,
-            "policy/clipfrac": sums[3].item() / n, "policy/approx_kl": sums[4].item() / n,
-            "policy/grad_norm": sum(gnorms) / len(gnorms), "lr": M.opt_policy.param_groups[0]["lr"]}
+        torch.distributed.all_reduce(total)
+    stats = dict(zip(sums, total.tolist()))
+    n = stats.pop("tokens")
+    return {**{k: v / n for k, v in stats.items()}, "policy/grad_norm": sum(gnorms) / len(gnorms),
+            "lr": M.opt_policy.param_groups[0]["lr"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -562,13 +562,11 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
 
 @torch.no_grad()
 def greedy_accuracy(cfg: Config, M, sampler: Sampler, tok: Tokenizer, task, problems: list, d: Dist) -> float:
-    """Greedy accuracy (temperature 0, the sampler's argmax), problems split over ranks and the counts summed."""
+    """shepherd.evaluate_policy's greedy accuracy, problems split over ranks and the counts summed."""
     mine = problems[d.rank::d.world]
-    prompts = [tok.encode(data.format_prompt(p.question)) for p in mine]
-    ctx = M.policy_raw.config.max_position_embeddings
-    with full_params(M.policy_raw, cfg):
-        outs = sampler.generate(prompts, [min(cfg.max_new_tokens, ctx - len(p)) for p in prompts], temperature=0.0)
-    right = torch.tensor(float(sum(task.grade(tok.decode(o.tokens), p.answer) for o, p in zip(outs, mine))))
+    with full_params(M.policy, cfg):
+        res = shepherd.evaluate_policy(M.policy, tok, task, mine, cfg.max_new_tokens, sampler=sampler)
+    right = torch.tensor(res["accuracy"] * len(mine))
     if d.world > 1:
         right = right.to(M.device)
         torch.distributed.all_reduce(right)
@@ -609,8 +607,8 @@ def save_checkpoint(cfg: Config, it: int, M, d: Dist):
     """out/checkpoint/{policy, critic (backbone + value_head.safetensors), trainer_state.pt}, written into a temporary
     folder and swapped in whole: a crash (or a NaN) leaves the previous checkpoint intact."""
     from safetensors.torch import save
-    policy, critic = plain_copy(M.policy_raw, cfg), plain_copy(M.critic_raw, cfg)
-    opts = [optim_state(M.policy_raw, M.opt_policy, cfg), optim_state(M.critic_raw, M.opt_critic, cfg)]
+    policy, critic = plain_copy(M.policy, cfg), plain_copy(M.critic, cfg)
+    opts = [optim_state(M.policy, M.opt_policy, cfg), optim_state(M.critic, M.opt_critic, cfg)]
     if d.main:
         out = Path(cfg.out)
         tmp, final = out / f".checkpoint.tmp-{os.getpid()}", out / "checkpoint"
@@ -635,13 +633,34 @@ def save_checkpoint(cfg: Config, it: int, M, d: Dist):
 # The loop
 
 
+@dataclass
+class Models:
+    """What a PPO iteration reads. policy and critic are the trained modules (generation, scoring, checkpoints);
+    policy_step and critic_step are what the update's forward and backward run through: the same modules, or
+    their DDP wrappers when data-parallel. ref and rm are frozen (rm is None under --reward truth)."""
+    device: str
+    amp: contextlib.AbstractContextManager  # bf16 autocast on CUDA without FSDP, else a no-op
+    pad_id: int
+    tok_dir: str  # the policy's tokenizer, saved with every checkpoint
+    policy: nn.Module
+    critic: nn.Module
+    ref: nn.Module
+    rm: nn.Module | None
+    policy_step: nn.Module
+    critic_step: nn.Module
+    opt_policy: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer
+    no_sync: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # see sync_gradients
+
+
 def setup(cfg: Config, d: Dist):
+    """-> (task, tokenizer, PRM head, Models, the iteration to start at: > 0 when resuming a checkpoint)."""
     task = data.get_task(cfg.task)
     if cfg.reward == "truth" and not hasattr(task, "step_truth"):
-        raise SystemExit(f"--reward truth needs a task that knows each step's truth (synthetic); {cfg.task} does not")
+        raise InputError(f"--reward truth needs a task that knows each step's truth (synthetic); {cfg.task} does not")
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
     if not Path(policy_dir, "config.json").exists() and cfg.task == "synthetic" and not cfg.policy:
-        raise SystemExit(f"{policy_dir}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
+        raise InputError(f"{policy_dir}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
     # the reward model: scores the steps, and starts the critic (--critic-init reward); --reward truth needs it for
     # the second only
     needs_rm = cfg.reward != "truth" or cfg.critic_init == "reward"
@@ -652,14 +671,12 @@ def setup(cfg: Config, d: Dist):
         saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)["config"]
         diff = changed_settings(saved, cfg)
         if diff:
-            raise SystemExit(f"error: {ckpt}: made with other settings ({'; '.join(diff)}); rerun with the same "
+            raise InputError(f"{ckpt}: made with other settings ({'; '.join(diff)}); rerun with the same "
                              f"ones to resume, or pass --restart (or a new --out) to start over")
     cuda = d.device.startswith("cuda")
     frozen = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    M = SimpleNamespace()  # everything the pieces above share
-    M.device = d.device
     # trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast)
-    M.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
 
     def load(path, dtype=torch.float32, value=False):  # one model at a time: under FSDP sharded as soon as loaded
         model = Transformer.from_pretrained(path, dtype=dtype, device=d.device)
@@ -671,35 +688,29 @@ def setup(cfg: Config, d: Dist):
             shard(model, cfg, frozen)
         return model
     policy = load(ckpt / "policy" if resume else policy_dir)
-    M.ref = load(policy_dir, frozen).requires_grad_(False)
-    M.rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
+    ref = load(policy_dir, frozen).requires_grad_(False)
+    rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
     critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
-    M.tok_dir = policy_dir
     tok = Tokenizer(policy_dir)
     if Tokenizer(rm_dir).tok.get_vocab() != tok.tok.get_vocab():
-        raise SystemExit(f"{rm_dir}: the reward model's tokenizer differs from the policy's; it must read the policy's tokens")
+        raise InputError(f"{rm_dir}: the reward model's tokenizer differs from the policy's; it must read the policy's tokens")
     head = PRMHead.from_tokenizer(tok)
     # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
-    M.pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, head.tag_id) else 0
-    assert M.pad_id not in (tok.eos_id, head.tag_id)
-    M.policy_raw, M.critic_raw = policy, critic
-    M.policy, M.critic = policy, critic
-    if d.world > 1 and not cfg.fsdp:
-        M.policy = nn.parallel.DistributedDataParallel(policy)
-        M.critic = nn.parallel.DistributedDataParallel(critic)
-
-    def adamw(model, lr):  # no weight decay on norms and biases
-        ps = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW([{"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                                  {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    M.opt_policy, M.opt_critic = adamw(policy, cfg.lr), adamw(critic, cfg.critic_lr)
+    pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, head.tag_id) else 0
+    assert pad_id not in (tok.eos_id, head.tag_id)
+    ddp = d.world > 1 and not cfg.fsdp
+    M = Models(device=d.device, amp=amp, pad_id=pad_id, tok_dir=policy_dir, policy=policy, critic=critic, ref=ref,
+               rm=rm, policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
+               critic_step=nn.parallel.DistributedDataParallel(critic) if ddp else critic,
+               opt_policy=shepherd.adamw(policy, cfg.lr, cfg.weight_decay),
+               opt_critic=shepherd.adamw(critic, cfg.critic_lr, cfg.weight_decay))
     start = 0
     if resume:
         st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)  # shared pages
         optim_state(policy, M.opt_policy, cfg, st["opt_policy"])
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
-    return task, tok, head, M, start, resume
+    return task, tok, head, M, start
 
 
 def open_log(path: Path, keep_until: int | None):
@@ -731,19 +742,33 @@ def summarize(rows: list[dict], g: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    """The one error path: a user's mistake is one line and exit 2, Ctrl-C one line and exit 130 (the run resumes
+    from its last checkpoint); anything else is a bug and keeps its traceback."""
+    try:
+        return run(argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def run(argv=None) -> int:
     cfg = parse_args(argv)
     d = init_distributed(cfg.device or None)
     if cfg.batch_size % cfg.minibatch_size or cfg.minibatch_size % d.world or cfg.batch_size % d.world:
-        raise SystemExit(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size {cfg.minibatch_size}, "
+        raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size {cfg.minibatch_size}, "
                          f"itself a multiple of the world size {d.world}")
     torch.manual_seed(cfg.seed)  # nothing below draws from it; set for anything a future change might add
-    task, tok, head, M, start, resume = setup(cfg, d)
+    task, tok, head, M, start = setup(cfg, d)
+    resume = start > 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    sampler = Sampler(M.policy_raw, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)
+    sampler = Sampler(M.policy, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)
     log = open_log(out / "log.jsonl", start if resume else None) if d.main else None
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
@@ -766,8 +791,9 @@ def main(argv=None) -> int:
                 g = build_batch(cfg, rows, M)
                 stats = update(cfg, it, g, M, d)
         except NonFinite as e:
-            raise SystemExit(f"stopping: {e}. The last good checkpoint is {out / 'checkpoint'} "
-                             f"(it is only ever replaced by a finite one)") from None
+            last = (f"the last good checkpoint is {out / 'checkpoint'} (only ever replaced by a finite one)"
+                    if (out / "checkpoint").exists() else "no checkpoint was written yet")
+            raise SystemExit(f"stopping: {e}; {last}") from None
         stats = {"iteration": it + 1, **summarize(rows, g), **stats, **{f"time/{k}": v for k, v in timer.items()}}
         if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
             stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, tok, task, val, d)

@@ -195,6 +195,10 @@ class Sampler:
 
     # -- public API ------------------------------------------------------------------------------------------
 
+    def room(self, prompts: list[list[int]], max_new_tokens: int) -> list[int]:
+        """Per prompt: max_new_tokens, or fewer where the prompt leaves less of the context."""
+        return [min(max_new_tokens, self.max_len - len(p)) for p in prompts]
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, stop_ids=(), seed: int | None = None,
                  seeds: list[int] | None = None) -> list[Completion]:

@@ -292,6 +292,13 @@ SCRATCH_SIZES = {  # (hidden, layers, heads, kv heads, mlp): Mistral-shaped mode
 }
 
 
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9 / 0.95) over the trainable parameters; no weight decay on norms and biases."""
+    ps = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
 def scratch_model(size: str, tok: Tokenizer, max_len: int, tied: bool = True) -> Transformer:
     h, layers, heads, kv, mlp = SCRATCH_SIZES[size]
     cfg = ModelConfig(model_type="mistral", vocab_size=tok.vocab_size, hidden_size=h, intermediate_size=mlp,
@@ -324,14 +331,14 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
 
 
 def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list, max_new_tokens: int = 192,
-                    batch_size: int = 64) -> dict:
+                    batch_size: int = 64, sampler=None) -> dict:
     """Greedy accuracy on problems; where the task knows the step truth, also where solutions first go wrong and
-    the share of outcome-correct solutions that contain a false step (the false positives an ORM cannot see)."""
+    the share of outcome-correct solutions that contain a false step (the false positives an ORM cannot see).
+    `sampler`: one already built on `model` (ppo.py reuses its own)."""
     from sampler import Sampler
-    sampler = Sampler(model, max_batch=batch_size, max_len=model.config.max_position_embeddings)
+    sampler = sampler or Sampler(model, max_batch=batch_size, max_len=model.config.max_position_embeddings)
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
-    ctx = model.config.max_position_embeddings
-    outs = sampler.generate(prompts, [min(max_new_tokens, ctx - len(p)) for p in prompts], temperature=0.0)
+    outs = sampler.generate(prompts, sampler.room(prompts, max_new_tokens), temperature=0.0)
     texts = [tok.decode(o.tokens) for o in outs]
     correct = [task.grade(t, p.answer) for t, p in zip(texts, problems)]
     res = {"problems": len(problems), "accuracy": sum(correct) / max(1, len(problems))}
@@ -390,10 +397,7 @@ def cmd_train(args) -> int:
     raw = model
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    decay = [p for p in raw.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    opt = adamw(raw, args.lr, args.weight_decay)
     step = 0
     if resume:
         st = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -561,9 +565,9 @@ class Labeler:
             if len(prompt) >= ctx:
                 raise InputError(f"{p.id}: the prompt ({len(prompt)} tokens) does not fit the generator's context")
         seeds = [seed_for(a.seed, p.id, j, "solution") for p in problems for j in range(n)]
-        outs = self.gen.generate([x for x in prompts for _ in range(n)],
-                                 [min(a.max_new_tokens, ctx - len(x)) for x in prompts for _ in range(n)],
-                                 temperature=a.temperature, top_p=a.top_p, seeds=seeds)
+        rows = [x for x in prompts for _ in range(n)]
+        outs = self.gen.generate(rows, self.gen.room(rows, a.max_new_tokens), temperature=a.temperature,
+                                 top_p=a.top_p, seeds=seeds)
         self.stats["prefill_tokens"] += sum(map(len, prompts)) * n
         sols = {p.id: [] for p in problems}
         for k, o in enumerate(outs):
@@ -1068,8 +1072,8 @@ def cmd_verify(args) -> int:
         sol_steps, lines = {}, []
         for p in progress(problems, desc="sample", unit="problem"):
             prompt = tok.encode(data.format_prompt(p.question))
-            limit = min(args.max_new_tokens, gen.config.max_position_embeddings - len(prompt))
-            outs = sampler.generate([prompt] * args.num_samples, limit, temperature=args.temperature,
+            outs = sampler.generate([prompt] * args.num_samples, sampler.room([prompt], args.max_new_tokens)[0],
+                                    temperature=args.temperature,
                                     seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
             sol_steps[p.id] = [data.split_steps(tok.decode(o.tokens)) for o in outs]
             lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n" for j, s in enumerate(sol_steps[p.id])]
@@ -1259,6 +1263,9 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; label and train resume where they stopped when run again", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,15 +95,15 @@ def test_grid_and_reward_placement():
     assert ends.tolist() == [[False, True, False, True, False], [False, True, True, False, False]]
     p = torch.tensor([[.1, .2, .3, .4, .5], [.6, .7, .8, .9, .95]])  # p(+) of the step ending at each token
     answered = torch.tensor([True, False])
-    prm = ppo.score_rewards(ends, p, g["mask"], "prm", 0.5, answered, -1.0)
+    prm = ppo.score_rewards(ends, p, g["mask"], answered, kind="prm", center=0.5, penalty=-1.0)
     close(prm, [[0, .2 - .5, 0, .4 - .5, 0],  # on each step's tag, not on EOS
                 [0, .7 - .5, .8 - .5 - 1.0, 0, 0]])  # the tail's score and the no-answer penalty on the last token
-    orm = ppo.score_rewards(ends, p, g["mask"], "orm", 0.5, answered, -1.0)
+    orm = ppo.score_rewards(ends, p, g["mask"], answered, kind="orm", center=0.5, penalty=-1.0)
     close(orm, [[0, 0, 0, 0, .4 - .5],  # the LAST step's score, on the last token (EOS)
                 [0, 0, .8 - .5 - 1.0, 0, 0]])
     no_step = ppo.make_grid([[1]], [[EOS]], PAD, "cpu")
-    assert ppo.score_rewards(torch.zeros(1, 1, dtype=torch.bool), torch.tensor([[.9]]), no_step["mask"], "orm", 0.5,
-                             torch.tensor([False]), -1.0).tolist() == [[-1.0]]
+    assert ppo.score_rewards(torch.zeros(1, 1, dtype=torch.bool), torch.tensor([[.9]]), no_step["mask"],
+                             torch.tensor([False]), kind="orm", center=0.5, penalty=-1.0).tolist() == [[-1.0]]
 
 
 def test_the_untagged_tail_is_read_at_an_appended_tag(tmp_path):
@@ -207,9 +208,10 @@ def test_update_steps_down_the_masked_token_mean_gradients():
     want_p = torch.autograd.grad(pg, list(policy.parameters()))
     want_c = torch.autograd.grad(vf, list(critic.parameters()))
     before = [p.detach().clone() for p in [*policy.parameters(), *critic.parameters()]]
-    M = SimpleNamespace(policy=policy, critic=critic, amp=contextlib.nullcontext(), device="cpu",
-                        opt_policy=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
-                        opt_critic=torch.optim.SGD(critic.parameters(), lr=cfg.critic_lr))
+    M = ppo.Models(device="cpu", amp=contextlib.nullcontext(), pad_id=PAD, tok_dir="", policy=policy, critic=critic,
+                   ref=policy, rm=None, policy_step=policy, critic_step=critic,
+                   opt_policy=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
+                   opt_critic=torch.optim.SGD(critic.parameters(), lr=cfg.critic_lr))
     stats = ppo.update(cfg, 0, g, M, shepherd.Dist())
     lr_p, lr_c = M.opt_policy.param_groups[0]["lr"], M.opt_critic.param_groups[0]["lr"]
     assert lr_p > 0 and lr_c > 0
@@ -258,8 +260,8 @@ def test_oracle_step_rewards_follow_the_exact_truth(tmp_path):
     assert at_ends[3] == [1.0, 0.0] + [0.0] * (n - 1)  # the empty step is false, and so is all after it: no shift
     # the loophole: with the oracle, leaving the final tag off earns exactly what writing it earns
     ends = [ppo.end_mask([x], (1, len(r))) for x, r in zip(rs, responses)]
-    total = [ppo.score_rewards(e, p[b:b + 1, :e.shape[1]], torch.ones_like(e), "prm", 0.5, torch.tensor([True]),
-                               -1.0).sum().item() for b, e in enumerate(ends)]
+    total = [ppo.score_rewards(e, p[b:b + 1, :e.shape[1]], torch.ones_like(e), torch.tensor([True]), kind="prm",
+                               center=0.5, penalty=-1.0).sum().item() for b, e in enumerate(ends)]
     assert total[2] == total[0] == 0.5 * n
     assert p[~ppo.end_mask(rs, p.shape)].abs().sum() == 0
 
@@ -269,9 +271,9 @@ def test_temperature_zero_is_refused():
         ppo.parse_args(["--temperature", "0"])
 
 
-def test_oracle_reward_refuses_a_task_without_step_truth():
-    with pytest.raises(SystemExit, match="--reward truth needs a task that knows each step's truth"):
-        ppo.main(["--task", "gsm8k", "--reward", "truth", "--quiet"])
+def test_oracle_reward_refuses_a_task_without_step_truth(capsys):
+    assert ppo.main(["--task", "gsm8k", "--reward", "truth", "--quiet"]) == 2
+    assert capsys.readouterr().err == "error: --reward truth needs a task that knows each step's truth (synthetic); gsm8k does not\n"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,7 +370,7 @@ def params_of_start(world):
     return {k: v for k, v in load_file(str(Path(policy) / "model.safetensors")).items()}
 
 
-def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch):
+def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch, capsys):
     a = args(world, tmp_path / "a", "--iterations", "2", "--save-every", "1")
     b = args(world, tmp_path / "b", "--iterations", "2", "--save-every", "1")
     assert ppo.main(a) == 0
@@ -379,14 +381,15 @@ def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ppo, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        ppo.main(b)
+    assert ppo.main(b) == 130  # Ctrl-C: one line, exit 130
+    assert capsys.readouterr().err.strip() == "interrupted; the same command resumes from the last checkpoint"
     monkeypatch.setattr(ppo, "save_checkpoint", real)
     assert torch.load(tmp_path / "b" / "checkpoint" / "trainer_state.pt", weights_only=True)["iteration"] == 1
     with open(tmp_path / "b" / "log.jsonl", "a") as f:  # as if it had crashed after logging iteration 2, unsaved
         f.write(json.dumps({"iteration": 2, "reward/score": 123.0}) + "\n")
-    with pytest.raises(SystemExit, match=r"other settings \(--lr 0.003 -> 0.001\).*--restart"):
-        ppo.main(b + ["--lr", "1e-3"])  # a checkpoint made with another learning rate is not resumed
+    assert ppo.main(b + ["--lr", "1e-3"]) == 2  # a checkpoint made with another learning rate is not resumed
+    assert re.fullmatch(r"error: .*checkpoint: made with other settings \(--lr 0.003 -> 0.001\).*--restart.*\n",
+                        capsys.readouterr().err)
     assert ppo.main(b) == 0
     pa, pb = params(tmp_path / "a" / "checkpoint"), params(tmp_path / "b" / "checkpoint")
     for k in pa:
@@ -428,9 +431,9 @@ def test_rollout_penalises_exactly_the_responses_without_an_answer(world, tmp_pa
     for penalty in ("0", "-1"):
         cfg = ppo.parse_args(args(world, tmp_path / penalty, "--reward", reward, "--temperature", "0.7",
                                   "--max-new-tokens", "24", "--no-answer-penalty", penalty))
-        task, tok, head, M, _, _ = ppo.setup(cfg, shepherd.Dist())
+        task, tok, head, M, _ = ppo.setup(cfg, shepherd.Dist())
         problems = task.load("train")[:12]  # the tiny vocabulary cannot spell "The answer is": none has an answer
-        got[penalty] = ppo.rollout(cfg, 0, problems, M, Sampler(M.policy_raw, max_batch=16), tok, head, task, ppo.Timer())
+        got[penalty] = ppo.rollout(cfg, 0, problems, M, Sampler(M.policy, max_batch=16), tok, head, task, ppo.Timer())
     for a, b in zip(got["0"], got["-1"]):
         assert a["response"] == b["response"] and a["answered"] == b["answered"]
         diff = [y - x for x, y in zip(a["score"], b["score"])]
@@ -451,3 +454,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path, m
     with pytest.raises(SystemExit, match="non-finite rewards.*last good checkpoint is .*checkpoint"):
         ppo.main(args(world, tmp_path / "run", "--iterations", "3", "--save-every", "1"))
     assert torch.load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=True)["iteration"] == 1
+    calls.clear()
+    calls.append(1)  # NaN in the very first iteration: there is no good checkpoint to point to
+    with pytest.raises(SystemExit, match="non-finite rewards.*; no checkpoint was written yet$"):
+        ppo.main(args(world, tmp_path / "run0", "--iterations", "3", "--save-every", "1"))
