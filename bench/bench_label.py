@@ -8,8 +8,8 @@ at that step, each graded by the task's grader on the prefix's response text + t
 policy first samples the solutions of K synthetic problems (T 0.7, fixed seeds); they are written to a temporary
 file in our records format and every side reads that file back with shepherd.read_solutions, so all three label
 the same token prefixes (checked, and the run stops if they do not):
-  1. shepherd.Labeler.label, one call per problem: each solution prefilled once, every step prefix forked from its
-     KV cache, the rollouts of all of them sharing the sampler's batches.
+  1. shepherd.Labeler.label, one call per --group problems (as `shepherd.py label`): each solution prefilled once,
+     every step prefix forked from its KV cache, the rollouts of all of them sharing the sampler's batches.
   2. the loop a user writes with transformers: one generate(prefix, num_return_sequences=N) per step prefix.
   3. a careful transformers loop: all step prefixes of one problem's solutions, left-padded, in one generate.
 The same N, temperature, max_new_tokens (capped at the context, as the Labeler caps it), grader and tokenizer (our
@@ -103,7 +103,8 @@ def shepherd_side(args, task, model, tok, tag_id, units):
     def run():
         res.update(new_result())
         lab.stats = dict.fromkeys(lab.stats, 0)
-        records = [r for sols in units for r in lab.label(sols)]
+        g = args.group  # as `shepherd.py label --group`: consecutive problems' solutions labeled in one call
+        records = [r for i in range(0, len(units), g) for r in lab.label([s for u in units[i:i + g] for s in u])]
         res.update(correct=[c for r in records for c in r["rollout_correct"]],
                    generated=lab.stats["generated_tokens"], prefill_stat=lab.stats["prefill_tokens"])
         return dict(res)
@@ -162,6 +163,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per solution and per completion")
     ap.add_argument("--batch-size", type=int, default=64, help="the Labeler's rows per sampler batch")
+    ap.add_argument("--group", type=int, default=8, help="problems per Labeler call (shepherd.py label --group)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable numbers on a shared machine)")
     ap.add_argument("--device", default="cpu")
