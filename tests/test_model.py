@@ -153,7 +153,7 @@ def test_prm_head_reads_the_tag_position():
     """step_scores = softmax over [+, -] of the full LM-head logits AT each tag, computed directly."""
     torch.manual_seed(0)
     m = Transformer(ModelConfig(**TINY)).eval()
-    head = PRMHead(tag_id=50, good_id=60, bad_id=61)
+    head = PRMHead(tag=50, good_id=60, bad_id=61)
     ids = torch.tensor([[5, 7, 50, 9, 9, 50, 0, 0], [5, 50, 8, 8, 8, 8, 8, 50]])
     with torch.no_grad():
         logits = m(ids)
@@ -180,7 +180,7 @@ def test_real_mistral_7b_index_and_tokenizer():
     assert sum(2 * torch.Size(s).numel() for s in expected.values()) == total  # bf16: every shape is right
     tok = Tokenizer(SHARED)
     head = PRMHead.from_tokenizer(tok)
-    assert (head.tag_id, head.good_id, head.bad_id) == (12902, 648, 387)
+    assert (head.tag, head.good_id, head.bad_id) == ((12902,), 648, 387)
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 2, True)
     ids = tok.encode("Q? Step 1: 2+2=4 ки\nStep 2: The answer is: 4 ки")
     assert ids[0] == 1 and ids.count(12902) == 2 and ids[-1] == 12902
