@@ -519,17 +519,12 @@ class Tokenizer:
         content = lambda t: t["content"] if isinstance(t, dict) else t  # noqa: E731
         tid = lambda key: None if conf.get(key) is None else self.tok.token_to_id(content(conf[key]))  # noqa: E731
         self.bos_id, self.eos_id, self.pad_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
-        # What goes around the text, as transformers decides it: tokenizer.json's post-processor, unless
-        # tokenizer_config.json names add_bos_token / add_eos_token (or there is no post-processor); then exactly
-        # those, each off when absent (transformers' TokenizersBackend). A BOS the checkpoint never saw shifts every
-        # position the PRM reads, so "add BOS unless told not to" is wrong for e.g. SmolLM2 (no BOS).
-        if "add_bos_token" in conf or "add_eos_token" in conf or self.tok.post_processor is None:
-            self.prefix = [self.bos_id] if conf.get("add_bos_token") and self.bos_id is not None else []
-            self.suffix = [self.eos_id] if conf.get("add_eos_token") and self.eos_id is not None else []
-        else:  # read the template off a probe: full = prefix + text + suffix
-            core, full = self.tok.encode("1", add_special_tokens=False).ids, self.tok.encode("1").ids
-            i = next(i for i in range(len(full)) if full[i:i + len(core)] == core)
-            self.prefix, self.suffix = full[:i], full[i + len(core):]
+        # What goes around the text is the post-processor's alone, as in transformers (5.x drops tokenizer_config's
+        # add_bos_token / add_eos_token when there is a tokenizer.json). A BOS the checkpoint's own tokenizer does
+        # not add (SmolLM2's adds none) shifts every position the PRM reads. Read off a probe: prefix + text + suffix.
+        core, full = self.tok.encode("1", add_special_tokens=False).ids, self.tok.encode("1").ids
+        i = next(i for i in range(len(full) - len(core) + 1) if full[i:i + len(core)] == core)
+        self.prefix, self.suffix = full[:i], full[i + len(core):]
         self.vocab_size = self.tok.get_vocab_size()
 
     @property
