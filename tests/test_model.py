@@ -210,3 +210,22 @@ def test_hub_download_follows_the_index(tmp_path, monkeypatch):
     assert "consolidated.safetensors" not in asked and set(shards) <= set(asked)
     assert asked[0] == "config.json" and "model.safetensors" not in asked
     assert torch.equal(loaded.lm_head.weight, m.lm_head.weight)
+
+
+def test_saved_config_has_one_truthful_dtype(tmp_path):
+    """A config from newer transformers carries `dtype` (bfloat16 here) and a version: save_pretrained of fp32 tensors
+    writes torch_dtype float32 and neither stale key, so transformers loads it in fp32 by default, same logits."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ours = Transformer(ModelConfig(**TINY, extra={"dtype": "bfloat16", "transformers_version": "5.0.0"})).eval()
+    ours.save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["torch_dtype"] == "float32" and "dtype" not in cfg and "transformers_version" not in cfg
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ck", attn_implementation="eager").eval()
+    assert {p.dtype for p in hf.parameters()} == {torch.float32}
+    ids = torch.randint(0, TINY["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        delta = (hf(ids).logits - ours(ids)).abs().max().item()
+    assert delta <= 1e-5
+    ours.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # and bf16 tensors say bfloat16
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
