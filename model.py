@@ -544,7 +544,7 @@ class Tokenizer:
         'ки' is (12902,) with Mistral's tokenizer ('▁ки'), (31338, 7872) with SmolLM2's byte-level BPE."""
         base = self.tok.encode("1", add_special_tokens=False).ids
         ids = self.tok.encode(f"1 {text}", add_special_tokens=False).ids
-        if ids[:len(base)] != base or len(ids) == len(base):
+        if not text.strip() or ids[:len(base)] != base or len(ids) == len(base):
             raise ValueError(f"{text!r} after a space does not tokenize on its own: {ids} after {base}")
         return tuple(ids[len(base):])
 

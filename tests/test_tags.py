@@ -205,3 +205,7 @@ def test_bad_tag_is_an_input_error(tmp_path, capsys):
     synthetic.build_tokenizer(tmp_path)
     with pytest.raises(shepherd.InputError, match=r"tokenizer.json: --tag/--good/--bad: '\+\+\+'"):
         shepherd.prm_head(Tokenizer(tmp_path), "ки", good="+++")
+    with pytest.raises(shepherd.InputError, match=r"tokenizer.json: --tag/--good/--bad: '' after a space"):
+        shepherd.prm_head(Tokenizer(tmp_path), "")
+    assert shepherd.main(["label", "--tag", " ", "--solutions", str(tmp_path / "none.jsonl")]) == 2
+    assert "tokenizer.json: --tag/--good/--bad: ' ' after a space" in capsys.readouterr().err
