@@ -7,8 +7,9 @@ Read top to bottom:
   3. KVCache          - the preallocated cache that sampler.py drives (rows x positions)
   4. Transformer      - the model; parameter names are exactly Hugging Face's, so loading and saving are a plain
                         state-dict assign; from_pretrained / save_pretrained
-  5. Tokenizer        - tokenizer.json + tokenizer_config.json (BOS/EOS as the checkpoint says)
+  5. Tokenizer        - tokenizer.json + tokenizer_config.json (BOS/EOS exactly as transformers adds them)
   6. the PRM head     - Math-Shepherd's step score: p(+) from the LM-head logits of '+'/'-' read AT the step tag
+                        (its last token: tag_positions, the one definition of where a PRM reads)
 
 Conventions: every sequence is RIGHT-padded and carries absolute positions per row, so the causal mask alone keeps
 real tokens from ever seeing padding. Nothing here samples; generation lives in sampler.py.
@@ -309,6 +310,26 @@ class Transformer(nn.Module):
             self.config.tie_word_embeddings = False
         return self
 
+    def init_token_rows(self, ids: list[int]):
+        """Rows for newly added tokens (e.g. an added step tag): the embedding (and an untied LM head) grow to cover
+        `ids` if needed, and each such row starts at the mean of the existing rows, a neutral start rather than noise
+        (what transformers' resize_token_embeddings does too)."""
+        old = self.config.vocab_size
+        n = max(old, max(ids) + 1)
+        fresh = sorted(set(ids))
+
+        def grown(w: torch.Tensor) -> nn.Parameter:
+            w = w.detach()
+            keep = [i for i in range(old) if i not in fresh]
+            out = torch.cat([w, w.new_empty(n - old, w.shape[1])])
+            out[fresh] = w[keep].mean(0)
+            return nn.Parameter(out)
+        self.model.embed_tokens.weight = grown(self.model.embed_tokens.weight)
+        self.model.embed_tokens.num_embeddings = n
+        self.lm_head.weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else grown(self.lm_head.weight)
+        self.lm_head.out_features = self.config.vocab_size = n
+        return self
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix is one parameter, counted once
 
@@ -393,6 +414,10 @@ class Transformer(nn.Module):
                 total = sum(t.numel() * t.element_size() for t in tensors.values())
                 write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
             cfg = self.config.to_dict()
+            # ONE dtype, the tensors': a source config's `dtype` (newer transformers' key, which they read first) or
+            # version would otherwise be carried over, and a bf16-sourced fp32 checkpoint would load as bf16
+            for stale in ("dtype", "transformers_version"):
+                cfg.pop(stale, None)
             cfg["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
             write_json(tmp / "config.json", cfg)
             src = tokenizer_dir or self.source_dir
@@ -481,11 +506,11 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 class Tokenizer:
-    """tokenizer.json through the `tokenizers` library; BOS/EOS added as tokenizer_config.json says."""
+    """tokenizer.json through the `tokenizers` library, encoding exactly as transformers' AutoTokenizer does."""
 
     def __init__(self, folder: str | Path):
         from tokenizers import Tokenizer as HFTokenizer
-        folder = Path(folder)
+        self.folder = folder = Path(folder)
         self.tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
         conf = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
@@ -494,62 +519,118 @@ class Tokenizer:
         content = lambda t: t["content"] if isinstance(t, dict) else t  # noqa: E731
         tid = lambda key: None if conf.get(key) is None else self.tok.token_to_id(content(conf[key]))  # noqa: E731
         self.bos_id, self.eos_id, self.pad_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
-        self.add_bos = bool(conf.get("add_bos_token", True)) and self.bos_id is not None
-        self.add_eos = bool(conf.get("add_eos_token", False)) and self.eos_id is not None
+        # What goes around the text is the post-processor's alone, as in transformers (5.x drops tokenizer_config's
+        # add_bos_token / add_eos_token when there is a tokenizer.json). A BOS the checkpoint's own tokenizer does
+        # not add (SmolLM2's adds none) shifts every position the PRM reads. Read off a probe: prefix + text + suffix.
+        core, full = self.tok.encode("1", add_special_tokens=False).ids, self.tok.encode("1").ids
+        i = next(i for i in range(len(full) - len(core) + 1) if full[i:i + len(core)] == core)
+        self.prefix, self.suffix = full[:i], full[i + len(core):]
         self.vocab_size = self.tok.get_vocab_size()
 
-    def encode(self, text: str, bos: bool | None = None, eos: bool | None = None) -> list[int]:
+    @property
+    def add_bos(self) -> bool:
+        return bool(self.prefix)
+
+    def encode(self, text: str, bos: bool = True, eos: bool = True) -> list[int]:
+        """AutoTokenizer(text).input_ids; bos / eos False leave out what the post-processor puts before / after."""
         ids = self.tok.encode(text, add_special_tokens=False).ids
-        if self.add_bos if bos is None else bos:
-            ids = [self.bos_id] + ids
-        if self.add_eos if eos is None else eos:
-            ids = ids + [self.eos_id]
-        return ids
+        return (self.prefix if bos else []) + ids + (self.suffix if eos else [])
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
-    def single_token(self, text: str) -> int:
-        """The id of `text` as it appears after a space inside a solution ('... = 7 ки'), which must be ONE token:
-        with Mistral's tokenizer 'ки' -> '▁ки' (12902), '+' -> '▁+' (648), '-' -> '▁-' (387)."""
+    def tag_tokens(self, text: str) -> tuple[int, ...]:
+        """The ids of `text` as it appears after a space inside a solution ('... = 7 ки'), one token or several:
+        'ки' is (12902,) with Mistral's tokenizer ('▁ки'), (31338, 7872) with SmolLM2's byte-level BPE."""
         base = self.tok.encode("1", add_special_tokens=False).ids
         ids = self.tok.encode(f"1 {text}", add_special_tokens=False).ids
-        if ids[:len(base)] != base or len(ids) != len(base) + 1:
-            raise ValueError(f"{text!r} after a space is not a single token for this tokenizer: {ids[len(base):]}")
-        return ids[-1]
+        if not text.strip() or ids[:len(base)] != base or len(ids) == len(base):
+            raise ValueError(f"{text!r} after a space does not tokenize on its own: {ids} after {base}")
+        return tuple(ids[len(base):])
+
+    def add_token(self, text: str) -> int:
+        """Make ' ' + text (as it follows a step) one token of its own and return its id. An added token is matched
+        in the raw text before any other rule; it is not a 'special' one, so decode keeps it (split_steps reads it)."""
+        from tokenizers import AddedToken
+        self.tok.add_tokens([AddedToken(" " + text, normalized=False)])
+        self.vocab_size = self.tok.get_vocab_size()
+        return self.tok.token_to_id(" " + text)
+
+    def save(self, folder: str | Path) -> Path:
+        """tokenizer.json (with any added token) and the source folder's other tokenizer files."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tok.save(str(folder / "tokenizer.json"))
+        for name in TOKENIZER_FILES:
+            if name != "tokenizer.json" and (self.folder / name).exists() and self.folder != folder:
+                shutil.copy(self.folder / name, folder / name)
+        return folder
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # 6. The PRM head (Math-Shepherd, as the released math-shepherd-mistral-7b-prm is used)
 
 
+def tag_positions(ids, tag) -> list[int]:
+    """THE positions a PRM reads: the LAST token of every occurrence of the tag's token sequence in ids (a list of
+    ints; left to right, not overlapping). Training (shepherd.py encode_steps), scoring (step_scores), labeling (a
+    rollout forks right after each) and PPO (ppo.response_steps, where each step's reward goes) all take their
+    positions from here: a PRM trained at one position and read at another (even off by one) still trains, and
+    scores wrong. A multi-token tag is read at its last token, the first that has seen the whole tag."""
+    tag = (tag,) if isinstance(tag, int) else tuple(tag)
+    n, out, i = len(tag), [], len(tag) - 1
+    while i < len(ids):
+        if ids[i] == tag[-1] and tuple(ids[i - n + 1:i + 1]) == tag:
+            out.append(i)
+            i += n
+        else:
+            i += 1
+    return out
+
+
+def label_token(tok: Tokenizer, text: str) -> int:
+    """The LM-head row meaning `text` ('+' or '-'). Only its logit is read, it is never input, so any single token
+    will do: `text` after a space if that is one token (' +' 648 and ' -' 387 with Mistral's tokenizer, the released
+    PRM's), else `text` alone (the bare '+' of a tokenizer that has no ' +')."""
+    for ids in (tok.tag_tokens(text), tuple(tok.tok.encode(text, add_special_tokens=False).ids)):
+        if len(ids) == 1:
+            return ids[0]
+    raise ValueError(f"{text!r}: expected a single token (after a space, or alone); got {ids}")
+
+
 @dataclass(frozen=True)
 class PRMHead:
     """A PRM is a language model: the step tag ends every step and the token it predicts next is '+' (the step
     can still reach the right answer) or '-' (it cannot). Score of a step = p(+) = softmax over the LM-head
-    logits of [+, -] read AT the tag position. With the Mistral tokenizer: tag 12902, + 648, - 387."""
-    tag_id: int
+    logits of [+, -] read AT the tag's last token (tag_positions). With the Mistral tokenizer: tag (12902,),
+    + 648, - 387."""
+    tag: tuple[int, ...]  # the tag's token ids (an int is a one-token tag)
     good_id: int
     bad_id: int
 
+    def __post_init__(self):
+        object.__setattr__(self, "tag", (self.tag,) if isinstance(self.tag, int) else tuple(self.tag))
+
     @classmethod
     def from_tokenizer(cls, tok: Tokenizer, tag="ки", good="+", bad="-") -> "PRMHead":
-        return cls(tok.single_token(tag), tok.single_token(good), tok.single_token(bad))
+        head = cls(tok.tag_tokens(tag), label_token(tok, good), label_token(tok, bad))
+        if head.good_id == head.bad_id:
+            raise ValueError(f"{good!r} and {bad!r}: expected two different tokens; both are {head.good_id}")
+        return head
 
 
 def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead, **forward_kw) -> torch.Tensor:
     """(B, S) -> (B, S, 2): the LM-head logits of [good, bad] at every position, in fp32.
 
     Only the two rows of the LM head are multiplied, not the whole vocabulary. The PRM loss (shepherd.py train)
-    and inference (step_scores) both read this tensor at `input_ids == head.tag_id`: one function, one position."""
+    and inference (step_scores) both read this tensor at tag_positions: one function, one position."""
     hidden = model(input_ids, return_hidden=True, **forward_kw)  # may be a DDP/FSDP wrapper: call it, read weights inside
     w = getattr(model, "module", model).lm_head.weight[[head.good_id, head.bad_id]]
     return (hidden @ w.T).float()
 
 
 def step_scores(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> list[list[float]]:
-    """Every step's p(+) for a right-padded batch of solutions, in one forward pass (a list per row, in step order)."""
-    logits = step_logits(model, input_ids, head)
-    p_good = logits.softmax(-1)[..., 0]
-    at_tag = input_ids == head.tag_id
-    return [p_good[b][at_tag[b]].tolist() for b in range(input_ids.shape[0])]
+    """Every step's p(+) for a right-padded batch of solutions, in one forward pass (a list per row, in step order).
+    The padding id must not be a token of the tag."""
+    p_good = step_logits(model, input_ids, head).softmax(-1)[..., 0]
+    return [p_good[b, tag_positions(row, head.tag)].tolist() for b, row in enumerate(input_ids.tolist())]

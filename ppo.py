@@ -37,7 +37,7 @@ import torch.nn as nn
 import data
 from data import synthetic
 import shepherd
-from model import PRMHead, Tokenizer, Transformer, step_logits
+from model import PRMHead, Tokenizer, Transformer, step_logits, tag_positions
 from sampler import Sampler
 from shepherd import Dist, InputError, barrier, init_distributed, lr_at, seed_for
 
@@ -266,15 +266,15 @@ def grid_values(critic: nn.Module, g: dict) -> torch.Tensor:
 # Rewards (Math-Shepherd §3.5)
 
 
-def response_steps(tokens: list[int], tag_id: int, stopped: bool, decode) -> list[tuple[int, int]]:
-    """A response's steps as (first, last) token indices: the tokens up to and including each tag, then the untagged
-    tail (what follows the last tag, the stop token excluded) if it holds any text. The one definition of a step that
-    rewards, the oracle and the logged counts share: an answer written without its tag is still a step, and scored."""
+def response_steps(tokens: list[int], tag, stopped: bool, decode) -> list[tuple[int, int]]:
+    """A response's steps as (first, last) token indices: the tokens up to and including each tag (its last token:
+    model.tag_positions, where the PRM was trained), then the untagged tail (what follows the last tag, the stop token
+    excluded) if it holds any text. The one definition of a step that rewards, the oracle and the logged counts
+    share: an answer written without its tag is still a step, and scored."""
     steps, first = [], 0
-    for k, t in enumerate(tokens):
-        if t == tag_id:
-            steps.append((first, k))
-            first = k + 1
+    for k in tag_positions(tokens, tag):
+        steps.append((first, k))
+        first = k + 1
     end = len(tokens) - 1 if stopped else len(tokens)
     if first < end and decode(tokens[first:end]).strip():
         steps.append((first, end - 1))
@@ -294,12 +294,14 @@ def step_end_probs(rm: nn.Module, prompts, responses, steps, head: PRMHead, pad_
     """The reward model's p(+) for every step, on the response grid at the step's last token. A tagged step is read
     at its tag (model.step_logits, where shepherd.py trained it); the untagged tail is read at a tag appended after it,
     so it scores as if it had been tagged: dropping the tag neither escapes a step's score nor earns a different one."""
-    read = [r[:s[-1][1] + 1] + [head.tag_id] if s and r[s[-1][1]] != head.tag_id else r for r, s in zip(responses, steps)]
+    tagged = [set(tag_positions(r, head.tag)) for r in responses]
+    tail = [bool(s) and s[-1][1] not in t for s, t in zip(steps, tagged)]  # the last step has no tag of its own
+    read = [r[:s[-1][1] + 1] + list(head.tag) if u else r for r, s, u in zip(responses, steps, tail)]
     p = step_probs(rm, make_grid(prompts, read, pad_id, device), head).float().cpu()
     out = torch.zeros(len(responses), max(map(len, responses)))
     for b, row in enumerate(steps):
-        for _, last in row:
-            out[b, last] = p[b, last if responses[b][last] == head.tag_id else last + 1]
+        for k, (_, last) in enumerate(row):
+            out[b, last] = p[b, last + len(head.tag) if tail[b] and k == len(row) - 1 else last]
     return out.to(device)
 
 
@@ -423,7 +425,7 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
     with timer("generate"), full_params(M.policy, cfg):
         outs = sampler.generate(prompts, sampler.room(prompts, cfg.max_new_tokens), temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
     responses = [o.tokens for o in outs]
-    steps = [response_steps(o.tokens, head.tag_id, o.finish_reason == "stop", tok.decode) for o in outs]
+    steps = [response_steps(o.tokens, head.tag, o.finish_reason == "stop", tok.decode) for o in outs]
     with timer("score"), M.amp:
         g = make_grid(prompts, responses, M.pad_id, M.device)
         # pi_old by the SAME forward the update runs (not the sampler's cached decode): the first ratio is exactly 1
@@ -696,8 +698,8 @@ def setup(cfg: Config, d: Dist):
         raise InputError(f"{rm_dir}: the reward model's tokenizer differs from the policy's; it must read the policy's tokens")
     head = PRMHead.from_tokenizer(tok)
     # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
-    pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, head.tag_id) else 0
-    assert pad_id not in (tok.eos_id, head.tag_id)
+    pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, *head.tag) else 0
+    assert pad_id not in (tok.eos_id, *head.tag)
     ddp = d.world > 1 and not cfg.fsdp
     M = Models(device=d.device, amp=amp, pad_id=pad_id, tok_dir=policy_dir, policy=policy, critic=critic, ref=ref,
                rm=rm, policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,

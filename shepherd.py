@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits
+from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, tag_positions
 
 ROOT = Path(__file__).resolve().parent
 
@@ -189,6 +189,14 @@ class Example:
     tag_mask: list[bool] | None = None  # prm/orm: which tag positions are supervised
 
 
+def prm_head(tok: Tokenizer, tag: str, good: str = "+", bad: str = "-") -> PRMHead:
+    """The PRM's tag and +/- tokens in this tokenizer; a tag, +, or - it cannot give is bad input."""
+    try:
+        return PRMHead.from_tokenizer(tok, tag, good, bad)
+    except ValueError as e:
+        raise InputError(f"{tok.folder / 'tokenizer.json'}: --tag/--good/--bad: {e}") from None
+
+
 def encode_sft(tok: Tokenizer, prompt: str, response: str) -> Example:
     """Prompt tokens exactly as the sampler will see them, then the response and EOS."""
     p = tok.encode(prompt)
@@ -199,13 +207,14 @@ def encode_sft(tok: Tokenizer, prompt: str, response: str) -> Example:
 
 def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str, where: str = "") -> Example:
     ids = tok.encode(ex.text)
-    tags = [i for i, t in enumerate(ids) if t == head.tag_id]
+    tags = tag_positions(ids, head.tag)  # where step_scores will read them
     if len(tags) != len(ex.labels):
         raise InputError(f"{where or ex.id}: {len(ex.labels)} labels but {len(tags)} step tags after tokenization")
     if objective == "orm":  # Math-Shepherd Eq. 1: ORM, one BCE on the whole solution, read at its last tag
         mask = [i == tags[-1] for i in range(len(ids))]
         return Example(ids, [ex.outcome], tag_mask=mask)
-    mask = [t == head.tag_id for t in ids]  # Eq. 2: PRM, a BCE term for every step
+    at = set(tags)
+    mask = [i in at for i in range(len(ids))]  # Eq. 2: PRM, a BCE term for every step
     return Example(ids, list(ex.labels), tag_mask=mask)
 
 
@@ -355,6 +364,11 @@ def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list, ma
     return res
 
 
+def scratch_dir(path) -> bool:
+    """A tokenizer folder made for this run (a scratch model's, or one with an added tag), removed at the end."""
+    return str(path).startswith(tempfile.gettempdir()) and Path(path).name.startswith("shepherd-tokenizer-")
+
+
 def cmd_train(args) -> int:
     d = init_distributed(args.device)
     torch.manual_seed(args.seed)
@@ -382,7 +396,11 @@ def cmd_train(args) -> int:
     tok = Tokenizer(tok_dir)
     if tok.pad_id is None or tok.pad_id == tok.eos_id:
         tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked; any id will do here
-    head = PRMHead.from_tokenizer(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
+    if args.add_tag_token and args.objective != "sft" and len(prm_head(tok, args.tag).tag) > 1 and not resume:
+        # the tag becomes one token of its own, with its own (trained) embedding row: saved with the checkpoint
+        model.init_token_rows([tok.add_token(args.tag)])
+        tok_dir = tok.save(tok_dir if scratch_dir(tok_dir) else tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
+    head = prm_head(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
     model = model.to(d.device).float() if d.device == "cpu" else model.to(d.device)
     examples = load_training_examples(args, tok, head)
     too_long = [i for i, e in examples if len(e.ids) > model.config.max_position_embeddings]
@@ -487,7 +505,7 @@ def cmd_train(args) -> int:
             save(step + 1, final=False)
     save(args.steps, final=True)
     barrier(d)
-    if str(tok_dir).startswith(tempfile.gettempdir()) and Path(tok_dir).name.startswith("shepherd-tokenizer-"):
+    if scratch_dir(tok_dir):
         shutil.rmtree(tok_dir, ignore_errors=True)  # the scratch tokenizer now lives in the checkpoint
     if d.main:
         print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, {time.time() - t0:.0f}s)")
@@ -526,19 +544,14 @@ class Solution:
         return f"{self.problem.id}/{self.index}"
 
 
-def step_ends(tokens: list[int], tag_id: int) -> list[int]:
-    """Positions (in `tokens`) of each step's tag."""
-    return [i for i, t in enumerate(tokens) if t == tag_id]
-
-
-def solution_tokens(tok: Tokenizer, sol: Solution, tag_id: int) -> tuple[list[int], list[int]]:
+def solution_tokens(tok: Tokenizer, sol: Solution, tag: tuple[int, ...]) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) of a solution, the response cut after its last tag (EOS and trailing text off)."""
     prompt = tok.encode(data.format_prompt(sol.problem.question))
     resp = sol.tokens
     if resp is None:  # a solution read from a file: tokenise prompt + steps together, as the policy would write it
         full = tok.encode(data.format_prompt(sol.problem.question) + data.join_steps(sol.steps))
         resp = full[len(prompt):] if full[:len(prompt)] == prompt else tok.encode(data.join_steps(sol.steps), bos=False)
-    ends = step_ends(resp, tag_id)
+    ends = tag_positions(resp, tag)
     return prompt, resp[:ends[-1] + 1] if ends else resp
 
 
@@ -546,9 +559,9 @@ class Labeler:
     """Labels the solutions of one problem at a time: a fixed unit of work, so results never depend on what else
     shares a run (resume and torchrun shards give byte-identical records)."""
 
-    def __init__(self, args, task, generator, completer, tok: Tokenizer, tag_id: int):
+    def __init__(self, args, task, generator, completer, tok: Tokenizer, tag: tuple[int, ...]):
         from sampler import Sampler
-        self.args, self.task, self.tok, self.tag_id = args, task, tok, tag_id
+        self.args, self.task, self.tok, self.tag = args, task, tok, tag  # tag: its token ids (Tokenizer.tag_tokens)
         self.comp = Sampler(completer, max_batch=args.batch_size, max_len=completer.config.max_position_embeddings)
         self.gen = None if generator is None else self.comp if generator is completer else \
             Sampler(generator, max_batch=args.batch_size, max_len=generator.config.max_position_embeddings)
@@ -574,7 +587,7 @@ class Labeler:
             problem, j = problems[k // n], k % n
             self.stats["generated_tokens"] += len(o.tokens)
             steps = data.split_steps(tok.decode(o.tokens))
-            ends = step_ends(o.tokens, self.tag_id)
+            ends = tag_positions(o.tokens, self.tag)
             if not steps or len(ends) != len(steps):  # no tagged step at all, or text after the last tag
                 steps = steps[:len(ends)]
             if not steps:
@@ -586,7 +599,7 @@ class Labeler:
     def check_fits(self, sol: Solution, prompt=None, resp=None):
         """A solution whose prompt + steps leave no room in the completer's context is bad input."""
         if prompt is None:
-            prompt, resp = solution_tokens(self.tok, sol, self.tag_id)
+            prompt, resp = solution_tokens(self.tok, sol, self.tag)
         ctx = self.comp.model.config.max_position_embeddings
         if len(prompt) + len(resp) >= ctx:
             where = sol.problem.meta.get("where", sol.id)
@@ -598,11 +611,11 @@ class Labeler:
         a, tok = self.args, self.tok
         seqs, prompt_lens, forks, seeds = [], [], [], []
         for s, sol in enumerate(sols):
-            prompt, resp = solution_tokens(tok, sol, self.tag_id)
+            prompt, resp = solution_tokens(tok, sol, self.tag)
             prompt_lens.append(len(prompt))
             self.check_fits(sol, prompt, resp)
             seqs.append(prompt + resp)
-            for k, end in enumerate(step_ends(resp, self.tag_id)[:-1]):  # the last step needs no rollouts
+            for k, end in enumerate(tag_positions(resp, self.tag)[:-1]):  # the last step needs no rollouts
                 forks.append((s, len(prompt) + end + 1, k))
                 seeds.append(seed_for(a.seed, sol.id, k, "rollouts"))  # the sampler derives one per completion
         ctx = self.comp.model.config.max_position_embeddings
@@ -783,8 +796,7 @@ def cmd_label(args) -> int:
     completer = generator if args.completer is None and generator is not None else \
         Transformer.from_pretrained(args.completer or model_path, dtype=dtype, device=d.device)
     tok = Tokenizer(completer.source_dir)
-    tag_id = tok.single_token(args.tag)
-    labeler = Labeler(args, task, generator, completer, tok, tag_id)
+    labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag).tag)
     if args.solutions:
         units = read_solutions(args.solutions, task, args.skip_bad, labeler.stats)
         fits = []
@@ -1093,7 +1105,7 @@ def cmd_verify(args) -> int:
             continue
         rm = Transformer.from_pretrained(path, dtype=dtype, device=device)
         tok = Tokenizer(rm.source_dir)
-        head = PRMHead.from_tokenizer(tok, args.tag, args.good, args.bad)
+        head = prm_head(tok, args.tag, args.good, args.bad)
         flat = [(p.id, s) for p in problems for s in sol_steps[p.id]]
         question = {p.id: p.question for p in problems}
         texts = [rm_text(question[pid], s, args.rm_format) for pid, s in flat]
@@ -1189,9 +1201,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-len", type=int, default=256, help="context length of a scratch model")
     t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the input embeddings "
                    "(PRM training then moves the +/- output rows without moving the + and - operators' embeddings)")
-    t.add_argument("--tag", default=data.STEP_TAG, help="step tag token (PRM/ORM)")
-    t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer'")
-    t.add_argument("--bad", default="-", help="token meaning 'it cannot'")
+    t.add_argument("--tag", default=data.STEP_TAG, help="step tag (PRM/ORM), as written after a space; one token or "
+                   "several (then read at its last token)")
+    t.add_argument("--add-tag-token", action="store_true", help="if the tag is several tokens, add it to the "
+                   "tokenizer as one new token (embedding row initialised to the mean, saved with the checkpoint)")
+    t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer' "
+                   "(' +' if one token, else '+')")
+    t.add_argument("--bad", default="-", help="token meaning 'it cannot' (' -' if one token, else '-')")
     t.add_argument("--eval-problems", type=int, default=200, help="sft: greedy accuracy on this many test problems at the end")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

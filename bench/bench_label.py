@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import data  # noqa: E402
 import shepherd  # noqa: E402
 from bench_sampler import paired_times, table  # noqa: E402
-from model import Tokenizer, Transformer  # noqa: E402
+from model import Tokenizer, Transformer, tag_positions  # noqa: E402
 
 
 def labeler_args(args) -> SimpleNamespace:
@@ -43,9 +43,9 @@ def labeler_args(args) -> SimpleNamespace:
                            batch_size=args.batch_size)
 
 
-def write_solutions(args, task, policy, tok, tag_id, path):
+def write_solutions(args, task, policy, tok, tag, path):
     """K problems' solutions sampled by the policy (seeds from the problem ids: the same file on every run)."""
-    lab = shepherd.Labeler(labeler_args(args), task, policy, policy, tok, tag_id)
+    lab = shepherd.Labeler(labeler_args(args), task, policy, policy, tok, tag)
     with open(path, "w") as f:
         for p in task.load("train", args.problems):
             for sol in lab.sample_solutions([p])[p.id]:
@@ -61,12 +61,12 @@ def read_units(path, task) -> list[list[shepherd.Solution]]:
     return list(groups.values())
 
 
-def step_prefixes(tok, sols, tag_id):
+def step_prefixes(tok, sols, tag):
     """(prefix ids, prompt length, gold) for every non-final step: the prefixes the Labeler forks."""
     out = []
     for sol in sols:
-        prompt, resp = shepherd.solution_tokens(tok, sol, tag_id)
-        for end in shepherd.step_ends(resp, tag_id)[:-1]:
+        prompt, resp = shepherd.solution_tokens(tok, sol, tag)
+        for end in tag_positions(resp, tag)[:-1]:
             out.append(((prompt + resp)[:len(prompt) + end + 1], len(prompt), sol.problem.answer))
     return out
 
@@ -85,8 +85,8 @@ def grade_rows(res, task, tok, ids, prompt_len, rows, gold):
         res["correct"][-1].append(int(task.grade(tok.decode(ids[prompt_len:] + row), gold)))
 
 
-def shepherd_side(args, task, model, tok, tag_id, units):
-    lab = shepherd.Labeler(labeler_args(args), task, None, model, tok, tag_id)
+def shepherd_side(args, task, model, tok, tag, units):
+    lab = shepherd.Labeler(labeler_args(args), task, None, model, tok, tag)
     comp, res = lab.comp, new_result()
     fork, prefill = comp.fork, comp._prefill
 
@@ -117,14 +117,14 @@ def hf_sample(args, hf, tok, ids, att, new):
                        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
 
 
-def hf_per_prefix_side(args, task, hf, tok, tag_id, units):
+def hf_per_prefix_side(args, task, hf, tok, tag, units):
     ctx, N = hf.config.max_position_embeddings, args.num_completions
 
     def run():
         torch.manual_seed(0)  # every call samples the same completions
         res = new_result()
         for sols in units:
-            for ids, prompt_len, gold in step_prefixes(tok, sols, tag_id):
+            for ids, prompt_len, gold in step_prefixes(tok, sols, tag):
                 x = torch.tensor([ids], device=args.device)
                 out = hf_sample(args, hf, tok, x, torch.ones_like(x), min(args.max_new_tokens, ctx - len(ids)))
                 grade_rows(res, task, tok, ids, prompt_len, out[:, len(ids):].tolist(), gold)
@@ -133,14 +133,14 @@ def hf_per_prefix_side(args, task, hf, tok, tag_id, units):
     return run
 
 
-def hf_per_problem_side(args, task, hf, tok, tag_id, units):
+def hf_per_problem_side(args, task, hf, tok, tag, units):
     ctx, N = hf.config.max_position_embeddings, args.num_completions
 
     def run():
         torch.manual_seed(0)
         res = new_result()
         for sols in units:
-            pre = step_prefixes(tok, sols, tag_id)
+            pre = step_prefixes(tok, sols, tag)
             if not pre:
                 continue
             S = max(len(ids) for ids, _, _ in pre)
@@ -179,15 +179,15 @@ def main():
     ours = Transformer.from_pretrained(folder, device=args.device)
     hf = transformers.MistralForCausalLM.from_pretrained(folder, attn_implementation="sdpa").to(args.device).eval()
     tok = Tokenizer(folder)
-    tag_id = tok.single_token(data.STEP_TAG)
+    tag = tok.tag_tokens(data.STEP_TAG)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "solutions.jsonl"
-        write_solutions(args, task, ours, tok, tag_id, path)
+        write_solutions(args, task, ours, tok, tag, path)
         units = read_units(path, task)
 
-    sides = {"1": shepherd_side(args, task, ours, tok, tag_id, units),
-             "2": hf_per_prefix_side(args, task, hf, tok, tag_id, units),
-             "3": hf_per_problem_side(args, task, hf, tok, tag_id, units)}
+    sides = {"1": shepherd_side(args, task, ours, tok, tag, units),
+             "2": hf_per_prefix_side(args, task, hf, tok, tag, units),
+             "3": hf_per_problem_side(args, task, hf, tok, tag, units)}
     last = {}
     t = paired_times({k: (lambda k=k, f=f: last.__setitem__(k, f())) for k, f in sides.items()}, args.repeats)
 
@@ -198,7 +198,7 @@ def main():
         assert len(r["correct"]) == steps and all(len(c) == args.num_completions for c in r["correct"]), \
             f"side {k}: not {args.num_completions} graded completions for each of the {steps} steps"
 
-    sol_tokens = sum(sum(map(len, shepherd.solution_tokens(tok, s, tag_id))) for sols in units for s in sols)
+    sol_tokens = sum(sum(map(len, shepherd.solution_tokens(tok, s, tag))) for sols in units for s in sols)
     n_sols = sum(map(len, units))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.device}, "
           f"{torch.get_num_threads()} thread(s); the synthetic policy ({ours.num_params() / 1e6:.2f} M params)")

@@ -54,7 +54,7 @@ def test_labels_from_a_scripted_completer(tmp_path):
     sol = shepherd.Solution(problem, 0, ["3 * 4 = 12", "12 - 5 = 8", "The answer is: 8"])
     labeler = shepherd.Labeler.__new__(shepherd.Labeler)
     labeler.args = SimpleNamespace(seed=0, num_completions=4, max_new_tokens=16, temperature=1.0, top_p=1.0)
-    labeler.task, labeler.tok, labeler.tag_id = synthetic, tok, tok.single_token(data.STEP_TAG)
+    labeler.task, labeler.tok, labeler.tag = synthetic, tok, tok.tag_tokens(data.STEP_TAG)
     labeler.comp = ScriptedCompleter(tok, [["7", "7", "9", "12"], ["8", "8", "8", "8"]])
     labeler.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
     [rec] = labeler.label([sol])
@@ -66,7 +66,7 @@ def test_labels_from_a_scripted_completer(tmp_path):
     [forks] = labeler.comp.calls
     prompt_len = len(tok.encode(data.format_prompt(problem.question)))
     full = tok.encode(data.format_prompt(problem.question) + data.join_steps(sol.steps))
-    tag = labeler.tag_id
+    [tag] = labeler.tag
     assert [t for _, t in forks] == [i + 1 for i, x in enumerate(full) if x == tag][:2]
     assert all(t > prompt_len for _, t in forks)
 
@@ -78,7 +78,7 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     tok = Tokenizer(POLICY)
     args = SimpleNamespace(seed=0, num_solutions=3, num_completions=1, max_new_tokens=96, temperature=0.0, top_p=1.0,
                            batch_size=16)
-    lab = shepherd.Labeler(args, synthetic, model, model, tok, tok.single_token(data.STEP_TAG))
+    lab = shepherd.Labeler(args, synthetic, model, model, tok, tok.tag_tokens(data.STEP_TAG))
     problems = synthetic.load("test")[:4]
     args.temperature = 0.7  # varied solutions ...
     sols = [s for p in problems for s in lab.sample_solutions([p])[p.id]]
@@ -87,8 +87,8 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     plain = Sampler(model, max_batch=4)
     checked = 0
     for sol, rec in zip(sols, records):
-        prompt, resp = shepherd.solution_tokens(tok, sol, lab.tag_id)
-        for k, end in enumerate(shepherd.step_ends(resp, lab.tag_id)[:-1]):
+        prompt, resp = shepherd.solution_tokens(tok, sol, lab.tag)
+        for k, end in enumerate(shepherd.tag_positions(resp, lab.tag)[:-1]):
             prefix = prompt + resp[:end + 1]
             [c] = plain.generate([prefix], 96, temperature=0.0)
             text = tok.decode(resp[:end + 1] + c.tokens)

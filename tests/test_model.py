@@ -153,7 +153,7 @@ def test_prm_head_reads_the_tag_position():
     """step_scores = softmax over [+, -] of the full LM-head logits AT each tag, computed directly."""
     torch.manual_seed(0)
     m = Transformer(ModelConfig(**TINY)).eval()
-    head = PRMHead(tag_id=50, good_id=60, bad_id=61)
+    head = PRMHead(tag=50, good_id=60, bad_id=61)
     ids = torch.tensor([[5, 7, 50, 9, 9, 50, 0, 0], [5, 50, 8, 8, 8, 8, 8, 50]])
     with torch.no_grad():
         logits = m(ids)
@@ -180,7 +180,7 @@ def test_real_mistral_7b_index_and_tokenizer():
     assert sum(2 * torch.Size(s).numel() for s in expected.values()) == total  # bf16: every shape is right
     tok = Tokenizer(SHARED)
     head = PRMHead.from_tokenizer(tok)
-    assert (head.tag_id, head.good_id, head.bad_id) == (12902, 648, 387)
+    assert (head.tag, head.good_id, head.bad_id) == ((12902,), 648, 387)
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 2, True)
     ids = tok.encode("Q? Step 1: 2+2=4 ки\nStep 2: The answer is: 4 ки")
     assert ids[0] == 1 and ids.count(12902) == 2 and ids[-1] == 12902
@@ -210,3 +210,22 @@ def test_hub_download_follows_the_index(tmp_path, monkeypatch):
     assert "consolidated.safetensors" not in asked and set(shards) <= set(asked)
     assert asked[0] == "config.json" and "model.safetensors" not in asked
     assert torch.equal(loaded.lm_head.weight, m.lm_head.weight)
+
+
+def test_saved_config_has_one_truthful_dtype(tmp_path):
+    """A config from newer transformers carries `dtype` (bfloat16 here) and a version: save_pretrained of fp32 tensors
+    writes torch_dtype float32 and neither stale key, so transformers loads it in fp32 by default, same logits."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ours = Transformer(ModelConfig(**TINY, extra={"dtype": "bfloat16", "transformers_version": "5.0.0"})).eval()
+    ours.save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["torch_dtype"] == "float32" and "dtype" not in cfg and "transformers_version" not in cfg
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ck", attn_implementation="eager").eval()
+    assert {p.dtype for p in hf.parameters()} == {torch.float32}
+    ids = torch.randint(0, TINY["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        delta = (hf(ids).logits - ours(ids)).abs().max().item()
+    assert delta <= 1e-5
+    ours.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # and bf16 tensors say bfloat16
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"

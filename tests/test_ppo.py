@@ -244,7 +244,7 @@ def test_logprobs_and_step_probs_read_the_right_positions(tmp_path):
 def test_oracle_step_rewards_follow_the_exact_truth(tmp_path):
     synthetic.build_tokenizer(tmp_path)
     tok = Tokenizer(tmp_path)
-    tag = PRMHead.from_tokenizer(tok).tag_id
+    tag = PRMHead.from_tokenizer(tok).tag
     problem = synthetic.load("test", 3)[2]
     steps = data.split_steps(problem.meta["solution"])
     texts = [data.join_steps(steps), data.join_steps(steps[:1] + ["1 + 1 = 2"] + steps[2:])]

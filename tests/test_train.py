@@ -8,7 +8,7 @@ import torch
 import data
 import shepherd
 from data import synthetic
-from model import PRMHead, Tokenizer, Transformer, step_scores
+from model import PRMHead, Tokenizer, Transformer, step_scores, tag_positions
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_prm_loss_reads_the_positions_inference_scores(tok_dir):
     # ORM (Eq. 1): only the last tag of each solution, with the outcome label
     orm = shepherd.collate([shepherd.encode_steps(tok, head, e, "orm") for e in exs], tok.pad_id, "cpu")
     assert orm["mask"].sum(1).tolist() == [1, 1] and orm["targets"].tolist() == [0.0, 1.0]
-    last_tags = [max(i for i, t in enumerate(e.ids) if t == head.tag_id) for e in enc]
+    last_tags = [tag_positions(e.ids, head.tag)[-1] for e in enc]
     assert [int(orm["mask"][b].nonzero()) for b in range(2)] == last_tags
 
 

@@ -72,7 +72,7 @@ def test_scores_in_the_released_prm_layout(tmp_path):
     ours = Transformer.from_pretrained(tmp_path)
     tok = Tokenizer(tmp_path)
     head = PRMHead.from_tokenizer(tok)
-    assert (head.tag_id, head.good_id, head.bad_id) == (12902, 648, 387)
+    assert (head.tag, head.good_id, head.bad_id) == ((12902,), 648, 387)
     text = shepherd.rm_text("Janet has 3 ducks. How many legs?", ["3 * 2 = 6", "The answer is: 6"], "math-shepherd")
     assert text == "Janet has 3 ducks. How many legs? Step 1: 3 * 2 = 6 ки\nStep 2: The answer is: 6 ки"
     [got] = shepherd.score_solutions(ours, tok, head, [text])
