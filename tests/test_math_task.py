@@ -128,6 +128,7 @@ def test_equivalent_without_sympy(monkeypatch, pred, gold):
 @pytest.mark.skipif(not HAVE_SYMPY, reason="sympy not installed")
 @pytest.mark.parametrize("pred,gold", SYMBOLIC)
 def test_symbolic(monkeypatch, pred, gold):
+    monkeypatch.setattr(math_task, "SYMPY_SECONDS", 10.0)  # correctness here, not speed: a busy machine is slow
     assert is_equiv(pred, gold)
     monkeypatch.setattr(math_task, "_sympy", False)  # as if sympy were not installed
     assert not is_equiv(pred, gold)
