@@ -1011,7 +1011,8 @@ def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
                   both: what reranking needs (0.5 = blind within a problem);
       pooled_auc  the same over all solutions pooled: also rewards knowing which problems are hard;
       step_auc    (tasks with step truth) every step's score against its exact truth, pooled;
-      within_auc_process  within_auc with "right" = every step true (the process, not just the answer)."""
+      within_auc_process  within_auc with "right" = every step true (the process, not just the answer).
+    (cmd_verify adds slip_auc where the task makes slip pairs: a step as written vs with its result changed.)"""
     out = {}
     for name in per_problem[0]["scores"] if per_problem else []:
         within, within_proc, pooled, steps = [], [], ([], []), ([], [])
@@ -1095,13 +1096,15 @@ def cmd_verify(args) -> int:
     # score every solution once per reward model (cached beside the solutions)
     rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
           [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
-    scores = {}
+    scores, slips = {}, {}
+    # where the task can make them: reference steps vs the same with an arithmetic slip (a check of step checking)
+    pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
     for name, path in rms:
         cache = out / f"scores.{name}.json"
         key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path,
-               "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format}
+               "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format, "slips": len(pairs)}
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
-            scores[name] = json.loads(cache.read_text())["scores"]
+            scores[name], slips[name] = (json.loads(cache.read_text())[k] for k in ("scores", "slips"))
             continue
         rm = Transformer.from_pretrained(path, dtype=dtype, device=device)
         tok = Tokenizer(rm.source_dir)
@@ -1114,7 +1117,10 @@ def cmd_verify(args) -> int:
         for (pid, _), sc in zip(flat, got):
             per.setdefault(pid, []).append(sc)
         scores[name] = per
-        atomic_write(cache, json.dumps({"key": key, "scores": per}) + "\n")
+        ends = [sc[-1] for sc in score_solutions(rm, tok, head, [rm_text(q, st, args.rm_format) for q, a, b in pairs
+                                                                 for st in (a, b)], args.batch_size)]
+        slips[name] = [ends[0::2], ends[1::2]]  # the score of the last step: right, slipped
+        atomic_write(cache, json.dumps({"key": key, "scores": per, "slips": slips[name]}) + "\n")
         del rm
     per_problem = []
     for p in problems:
@@ -1136,9 +1142,13 @@ def cmd_verify(args) -> int:
     for n in ns:
         print(f"{n:>4} " + " ".join(f"{curve[n][m]['mean']:>9.3f} ±{curve[n][m]['std']:.3f}" for m in methods))
     diag = verifier_diagnostics(per_problem)
+    for name, (right, slipped) in slips.items():
+        if right:
+            diag[name]["slip_auc"] = auc(right + slipped, [1.0] * len(right) + [0.0] * len(slipped))
     if diag:
-        print("\nverifier diagnostics (AUC: 0.5 = blind; within: right vs wrong solutions of the same problem)")
-        cols = ["within_auc", "pooled_auc", "step_auc", "within_auc_process"]
+        print("\nverifier diagnostics (AUC: 0.5 = blind; within: right vs wrong solutions of the same problem; slip: a "
+              "reference step vs the same with its result off by a little)")
+        cols = ["within_auc", "pooled_auc", "step_auc", "within_auc_process", "slip_auc"]
         print(f"{'':>12} " + " ".join(f"{c:>18}" for c in cols))
         for name, d in diag.items():
             print(f"{name:>12} " + " ".join(f"{d.get(c, float('nan')):>18.3f}" for c in cols))

@@ -34,7 +34,7 @@ import random
 import re
 from pathlib import Path
 
-from data import ANSWER_PREFIX, STEP_TAG, Problem, answer_from_text, format_prompt, join_steps
+from data import ANSWER_PREFIX, STEP_TAG, Problem, answer_from_text, format_prompt, join_steps, split_steps
 
 POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")  # the tiny policy, shipped in the repo
 # how it was made (deterministic on a given machine; a few minutes on 2 cores): the project's one training loop
@@ -369,6 +369,21 @@ def corrupt(problem: Problem, rng: random.Random) -> str:
         if all(v is not None and v >= 0 for v in values):
             break
     return join_steps(steps + [f"{ANSWER_PREFIX} {values[-1]}"])
+
+
+def slip_pairs(problems: list[Problem], seed: int = 0) -> list[tuple[str, list[str], list[str]]]:
+    """(question, reference steps up to a random non-final step k, the same with step k's result off by 1, 2 or 10):
+    an arithmetic slip, the policy's commonest first error. A verifier that checks steps scores the first above the
+    second; one that only knows how hard the problem is cannot tell them apart (verify's slip_auc)."""
+    rng, pairs = random.Random(seed), []
+    for p in problems:
+        steps = split_steps(p.meta["solution"])
+        k = rng.randrange(len(steps) - 1)
+        lhs, z = steps[k].rsplit(" = ", 1)
+        bad = str(max(0, int(z) + rng.choice([-10, -2, -1, 1, 2, 10])))
+        if bad != z:
+            pairs.append((p.question, steps[:k + 1], steps[:k] + [f"{lhs} = {bad}"]))
+    return pairs
 
 
 # -----------------------------------------------------------------------------

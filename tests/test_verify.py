@@ -163,3 +163,48 @@ def test_copies_of_a_text_are_scored_once(monkeypatch):
             self.w = torch.nn.Parameter(torch.zeros(1))
     got = shepherd.score_solutions(M(), Tok(), None, ["aaa", "b", "aaa", "aaa", "cc"], batch_size=8)
     assert got == [[3.0], [1.0], [3.0], [3.0], [2.0]] and calls == [3]
+
+
+def test_slip_pairs_differ_in_one_result_only():
+    import data
+    from data import synthetic
+    problems = synthetic.load("test")[:50]
+    pairs = synthetic.slip_pairs(problems, seed=3)
+    assert len(pairs) >= 45 and pairs == synthetic.slip_pairs(problems, seed=3)
+    by_q = {p.question: p for p in problems}
+    for q, right, slipped in pairs:
+        p = by_q[q]
+        assert right == data.split_steps(p.meta["solution"])[:len(right)] and len(right) < len(p.meta["ops"]) + 1
+        assert slipped[:-1] == right[:-1] and slipped[-1].rsplit(" = ", 1)[0] == right[-1].rsplit(" = ", 1)[0]
+        assert all(synthetic.step_truth(p, right)) and synthetic.step_truth(p, slipped)[-1] is False
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_verify_reports_how_a_step_checker_sees_slips(tmp_path, monkeypatch, inverted):
+    """verify with a stand-in reward model that checks every step against the exact truth (or says the opposite):
+    slip AUC and within-problem AUC 1 (0 inverted)."""
+    import data
+    from data import synthetic
+    problems = synthetic.load("test")[:8]
+    rng = __import__("random").Random(0)
+    with open(tmp_path / "sols.jsonl", "w") as f:
+        for p in problems:
+            for steps in (p.meta["solution"], synthetic.corrupt(p, rng)):
+                f.write(json.dumps({"problem_id": p.id, "steps": data.split_steps(steps)}) + "\n")
+
+    def checker(model, tok, head, texts, batch_size=32):
+        out = []
+        for t in texts:
+            p = next(p for p in problems if t.startswith(data.format_prompt(p.question)))
+            truth = synthetic.step_truth(p, data.split_steps(t[len(data.format_prompt(p.question)):]))
+            out.append([float(x != inverted) for x in truth])
+        return out
+    monkeypatch.setattr(shepherd, "score_solutions", checker)
+    out = tmp_path / "v"
+    assert shepherd.main(["verify", "--split", "test", "--limit", "8", "--solutions", str(tmp_path / "sols.jsonl"),
+                          "--num-samples", "2", "--subsets", "2", "--prm", f"check={synthetic.POLICY_DIR}",
+                          "--out", str(out)]) == 0
+    d = json.loads((out / "results.json").read_text())["diagnostics"]["PRM-check"]
+    want = 0.0 if inverted else 1.0
+    assert d["slip_auc"] == want and d["step_auc"] == want
+    assert inverted or d["within_auc_process"] == 1.0  # (inverted, min over steps ties right with wrong solutions)
