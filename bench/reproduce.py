@@ -46,9 +46,9 @@ class Sizes:
     verify_problems: int = 100  # test problems for best-of-N
     samples: int = 64  # solutions per test problem (N up to this)
     subsets: int = 100  # random subsets per N
-    ppo_iterations: int = 30
-    ppo_batch: int = 128
-    ppo_minibatch: int = 64
+    ppo_iterations: int = 20  # x ppo_batch rollouts (ppo.py's defaults are 30 x 128: 3x this, ~20 CPU-min a run)
+    ppo_batch: int = 64
+    ppo_minibatch: int = 32
     eval_problems: int = 500  # PPO's held-out (val) greedy accuracy
     test_problems: int = 500  # greedy test accuracy of SFT and of each PPO policy
     capacity: tuple = (0.25, 0.5)  # label fractions of the capacity curve (first seed; () skips it)
