@@ -224,11 +224,11 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, ar
               "distinct text); a reward model below it is worse than no signal.\n\n")
     md.append(table(["N", *main], [[n, *[mean_std([r["curve"][n][m]["mean"] for r in res if m in r["curve"][n]])
                                          for m in main]] for n in ns]))
-    diag = ["within_auc", "pooled_auc", "step_auc", "within_auc_process"]
+    diag = ["within_auc", "pooled_auc", "step_auc", "within_auc_process", "slip_auc"]
     md.append("\nVerifier diagnostics (AUC; 0.5 = chance). within: right vs wrong solutions of the same problem, "
               "averaged over problems with both (what reranking needs); pooled: all solutions (also rewards knowing "
               "which problems are hard); step: each step's score vs its exact truth; process: within, with right = "
-              "every step true.\n\n")
+              "every step true; slip: a reference step vs the same step with its result off by 1, 2 or 10.\n\n")
     names = ["PRM-hard", "PRM-soft", "ORM"]
     md.append(table(["reward model", *diag], [[n, *[mean_std([r["diagnostics"][n].get(c, float("nan"))
                                                                for r in res if n in r["diagnostics"]]) for c in diag]]
@@ -261,12 +261,13 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, ar
             for kind in ("PRM-hard", "ORM"):
                 name = f"{kind}-{suffix}" if suffix else kind
                 key = name + "-min" if kind.startswith("PRM") else name
-                rows.append([kind, base, share, f"{r['diagnostics'][name]['within_auc']:.3f}",
+                dg = r["diagnostics"][name]
+                rows.append([kind, base, share, f"{dg.get('slip_auc', float('nan')):.3f}", f"{dg['within_auc']:.3f}",
                              f"{r['curve'][n_max][key]['mean']:.3f}"])
         md.append(f"\n## Verifier capacity (seed {seeds[0]}): base and label count -> within-problem AUC -> "
                   f"best-of-{n_max}\n\nblind at N = {n_max}: {res[0]['curve'][n_max]['blind']['mean']:.3f}, "
                   f"SC: {res[0]['curve'][n_max]['SC']['mean']:.3f}.\n\n")
-        md.append(table(["reward model", "base", "labels", "within AUC", f"best-of-{n_max}"], rows))
+        md.append(table(["reward model", "base", "labels", "slip AUC", "within AUC", f"best-of-{n_max}"], rows))
     # stage times
     md.append("\n## Time per stage (seconds; cpu = user + system of the stage's process)\n\n")
     stage_rows = []
