@@ -1179,6 +1179,22 @@ def cmd_verify(args) -> int:
 # The command line
 
 
+def in_range(kind, lo, hi=math.inf, lo_open=False):
+    """An argparse type: a finite kind(text) in [lo, hi] ((lo, hi] with lo_open); anything else is a usage error."""
+    def parse(text):
+        x = kind(text)
+        if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
+            raise argparse.ArgumentTypeError(f"expected {'>' if lo_open else '>='} {lo}"
+                                             + (f" and <= {hi}" if hi < math.inf else "") + f", not {text}")
+        return x
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+POSITIVE, COUNT, RATE = in_range(int, 1), in_range(int, 0), in_range(float, 0, lo_open=True)
+FRACTION, NONNEG = in_range(float, 0, 1), in_range(float, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -1192,23 +1208,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", default="synthetic", choices=list(data.TASKS), help="task (SFT records; tokenizer for scratch)")
     t.add_argument("--data", help="JSONL: sft {prompt, response}; prm/orm: label records, Math-Shepherd or stepwise")
     t.add_argument("--labels", choices=["hard", "soft"], default="hard", help="which labels of label records to fit")
-    t.add_argument("--num-examples", type=int, default=None, help="cap on the task's SFT records")
+    t.add_argument("--num-examples", type=POSITIVE, default=None, help="cap on the task's SFT records")
     t.add_argument("--out", required=True, help="output checkpoint folder (Hugging Face layout); resumed if it has a trainer state")
     t.add_argument("--restart", action="store_true", help="ignore an existing trainer state in --out")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch-size", type=int, default=32, help="global batch (examples per optimizer step)")
-    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--steps", type=POSITIVE, default=1000)
+    t.add_argument("--batch-size", type=POSITIVE, default=32, help="global batch (examples per optimizer step)")
+    t.add_argument("--grad-accum", type=POSITIVE, default=1)
     t.add_argument("--pack", action="store_true", help="pack several examples into each row (less padding)")
-    t.add_argument("--eval-batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule ends at lr x this")
-    t.add_argument("--warmup", type=int, default=50)
-    t.add_argument("--weight-decay", type=float, default=0.1)
-    t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    t.add_argument("--heldout", type=float, default=0.05, help="fraction of examples held out (by a hash of their id)")
-    t.add_argument("--eval-every", type=int, default=200)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--max-len", type=int, default=256, help="context length of a scratch model")
+    t.add_argument("--eval-batch-size", type=POSITIVE, default=64)
+    t.add_argument("--lr", type=RATE, default=1e-3)
+    t.add_argument("--min-lr-ratio", type=FRACTION, default=0.1, help="cosine schedule ends at lr x this")
+    t.add_argument("--warmup", type=COUNT, default=50)
+    t.add_argument("--weight-decay", type=NONNEG, default=0.1)
+    t.add_argument("--clip", type=RATE, default=1.0, help="gradient-norm clipping")
+    t.add_argument("--heldout", type=FRACTION, default=0.05, help="fraction of examples held out (by a hash of their id)")
+    t.add_argument("--eval-every", type=POSITIVE, default=200)
+    t.add_argument("--save-every", type=POSITIVE, default=500)
+    t.add_argument("--max-len", type=POSITIVE, default=256, help="context length of a scratch model")
     t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the input embeddings "
                    "(PRM training then moves the +/- output rows without moving the + and - operators' embeddings)")
     t.add_argument("--tag", default=data.STEP_TAG, help="step tag (PRM/ORM), as written after a space; one token or "
@@ -1218,7 +1234,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer' "
                    "(' +' if one token, else '+')")
     t.add_argument("--bad", default="-", help="token meaning 'it cannot' (' -' if one token, else '-')")
-    t.add_argument("--eval-problems", type=int, default=200, help="sft: greedy accuracy on this many test problems at the end")
+    t.add_argument("--eval-problems", type=COUNT, default=200, help="sft: greedy accuracy on this many test problems at the end")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=cmd_train)
@@ -1230,24 +1246,24 @@ def build_parser() -> argparse.ArgumentParser:
                                      "fraction right). Resumable: rerun the same command to continue.")
     lab.add_argument("--task", default="synthetic", choices=list(data.TASKS))
     lab.add_argument("--split", default="train", help="which problems of the task to label")
-    lab.add_argument("--limit", type=int, default=50, help="label the first LIMIT problems")
+    lab.add_argument("--limit", type=POSITIVE, default=50, help="label the first LIMIT problems")
     lab.add_argument("--model", default=None, help="generator of the solutions (default: the synthetic world's tiny policy)")
     lab.add_argument("--completer", default=None, help="model for the rollouts (default: the generator)")
     lab.add_argument("--solutions", default=None, help="label these solutions instead of sampling (Math-Shepherd or stepwise jsonl)")
-    lab.add_argument("--num-solutions", type=int, default=4, help="solutions sampled per problem")
-    lab.add_argument("--num-completions", type=int, default=8, help="N, completions per step (the paper: 8)")
-    lab.add_argument("--temperature", type=float, default=0.7)
-    lab.add_argument("--top-p", type=float, default=1.0)
-    lab.add_argument("--max-new-tokens", type=int, default=128, help="per solution and per completion")
-    lab.add_argument("--batch-size", type=int, default=64, help="rows per sampler batch")
-    lab.add_argument("--group", type=int, default=8, help="problems (or input records) sampled and labeled in "
+    lab.add_argument("--num-solutions", type=POSITIVE, default=4, help="solutions sampled per problem")
+    lab.add_argument("--num-completions", type=POSITIVE, default=8, help="N, completions per step (the paper: 8)")
+    lab.add_argument("--temperature", type=NONNEG, default=0.7)
+    lab.add_argument("--top-p", type=in_range(float, 0, 1, lo_open=True), default=1.0)
+    lab.add_argument("--max-new-tokens", type=POSITIVE, default=128, help="per solution and per completion")
+    lab.add_argument("--batch-size", type=POSITIVE, default=64, help="rows per sampler batch")
+    lab.add_argument("--group", type=POSITIVE, default=8, help="problems (or input records) sampled and labeled in "
                      "shared batches: the unit of work that a resume redoes, and that torchrun ranks share out")
     lab.add_argument("--seed", type=int, default=0, help="every record's seed derives from this and its id")
     lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and the quality report go beside it")
     lab.add_argument("--format", nargs="+", default=["records"], choices=["records", "math-shepherd", "stepwise"],
                      help="extra exports written beside --out")
     lab.add_argument("--export-labels", choices=["hard", "soft"], default="hard", help="labels in the stepwise export")
-    lab.add_argument("--show", type=int, default=0, metavar="K", help="print K worked examples")
+    lab.add_argument("--show", type=COUNT, default=0, metavar="K", help="print K worked examples")
     lab.add_argument("--skip-bad", action="store_true", help="count and skip bad input records instead of stopping")
     lab.add_argument("--tag", default=data.STEP_TAG)
     lab.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -1259,18 +1275,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model, and report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM.")
     v.add_argument("--task", default="synthetic", choices=list(data.TASKS))
     v.add_argument("--split", default="test")
-    v.add_argument("--limit", type=int, default=100, help="first LIMIT problems of the split")
+    v.add_argument("--limit", type=POSITIVE, default=100, help="first LIMIT problems of the split")
     v.add_argument("--model", default=None, help="generator (default: the synthetic world's tiny policy)")
     v.add_argument("--solutions", default=None, help="JSONL of solutions (problem_id or question, steps) instead of sampling")
-    v.add_argument("--num-samples", type=int, default=64, help="S, solutions per problem")
-    v.add_argument("--temperature", type=float, default=0.7)
-    v.add_argument("--max-new-tokens", type=int, default=192)
+    v.add_argument("--num-samples", type=POSITIVE, default=64, help="S, solutions per problem")
+    v.add_argument("--temperature", type=NONNEG, default=0.7)
+    v.add_argument("--max-new-tokens", type=POSITIVE, default=192)
     v.add_argument("--prm", action="append", metavar="[NAME=]PATH", help="a process reward model (repeatable)")
     v.add_argument("--orm", action="append", metavar="[NAME=]PATH", help="an outcome reward model (repeatable)")
     v.add_argument("--rm-format", choices=["shepherd", "math-shepherd"], default="shepherd",
                    help="input layout the reward models were trained on (math-shepherd: the released PRM's)")
-    v.add_argument("--subsets", type=int, default=100, help="random subsets per N")
-    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--subsets", type=POSITIVE, default=100, help="random subsets per N")
+    v.add_argument("--batch-size", type=POSITIVE, default=64)
     v.add_argument("--out", default="runs/verify")
     v.add_argument("--tag", default=data.STEP_TAG)
     v.add_argument("--good", default="+")

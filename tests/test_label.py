@@ -198,3 +198,27 @@ def test_bad_input_is_one_line_with_file_line_and_field(tmp_path):
     good = tmp_path / "mixed.jsonl"
     good.write_text('{"question": "Q", "steps": ["1 + 1 = 2"], "gold": "2"}\n{"question": "Q2", "steps": []}\n')
     assert len(shepherd.read_solutions(str(good), synthetic, True, stats)) == 1 and stats["skipped"] == 1
+
+
+@pytest.mark.parametrize("argv,flag,want", [
+    (["label", "--num-completions", "0"], "--num-completions", "expected >= 1, not 0"),
+    (["label", "--num-solutions", "-2"], "--num-solutions", "expected >= 1, not -2"),
+    (["label", "--limit", "-1"], "--limit", "expected >= 1, not -1"),
+    (["label", "--batch-size", "0"], "--batch-size", "expected >= 1, not 0"),
+    (["label", "--temperature", "-1"], "--temperature", "expected >= 0, not -1"),
+    (["label", "--top-p", "0"], "--top-p", "expected > 0 and <= 1, not 0"),
+    (["label", "--max-new-tokens", "nan"], "--max-new-tokens", "invalid int value: 'nan'"),
+    (["train", "--heldout", "1.5"], "--heldout", "expected >= 0 and <= 1, not 1.5"),
+    (["train", "--lr", "nan"], "--lr", "expected > 0, not nan"),
+    (["train", "--steps", "0"], "--steps", "expected >= 1, not 0"),
+    (["train", "--warmup", "-5"], "--warmup", "expected >= 0, not -5"),
+    (["verify", "--num-samples", "0"], "--num-samples", "expected >= 1, not 0"),
+    (["verify", "--temperature", "inf"], "--temperature", "expected >= 0, not inf"),
+    (["verify", "--subsets", "0"], "--subsets", "expected >= 1, not 0"),
+])
+def test_argument_ranges_are_checked_before_anything_runs(tmp_path, capsys, argv, flag, want):
+    with pytest.raises(SystemExit) as e:
+        shepherd.main(argv + ["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].endswith(f"error: argument {flag}: {want}"), err
+    assert not any(tmp_path.iterdir())
