@@ -4,8 +4,9 @@
 
 For every seed: label the policy's solutions by Monte-Carlo completions (§3.3) -> train PRM-hard, PRM-soft (Eq. 2)
 and an ORM (Eq. 1) from the verifier base -> best-of-N with each, self-consistency and RM-weighted voting (Table 1)
--> step-by-step PPO with the PRM and ORM-PPO (§3.5, Table 2). The first seed also walks the verifier-capacity curve
-(how the verifier's base and its label count move within-problem AUC and best-of-64).
+-> step-by-step PPO with the PRM, ORM-PPO, and step-PPO with the exact step truth as an oracle PRM (§3.5, Table 2).
+The first seed also walks the verifier-capacity curve (how the verifier's base and its label count move the slip
+and within-problem AUCs and best-of-64).
 
 Every stage is one of the project's own commands (shepherd.py label / train / verify, ppo.py), run as a
 subprocess with its output in DIR/seedS/STAGE.log: nothing here grows a second copy of a stage. A finished stage
@@ -87,7 +88,9 @@ def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str, first:
     stages.append(Stage("samples", verify))
     rms = ["--prm", f"hard={d / 'prm_hard'}", "--prm", f"soft={d / 'prm_soft'}", "--orm", str(d / "orm")]
     stages.append(Stage("verify", verify + rms, ("samples", "prm_hard", "prm_soft", "orm")))
-    for reward, rm in (("prm", "prm_hard"), ("orm", "orm")):
+    # truth: the same loop with the exact step truth as the PRM (an oracle: what step-PPO gives a verifier that sees
+    # every error; its critic starts from the PRM-hard, as the prm run's does)
+    for reward, rm in (("prm", "prm_hard"), ("orm", "orm"), ("truth", "prm_hard")):
         stages.append(Stage(f"ppo_{reward}", [
             "ppo.py", "--reward", reward, "--reward-model", str(d / rm), "--policy", policy,
             "--iterations", str(z.ppo_iterations), "--batch-size", str(z.ppo_batch),
@@ -236,12 +239,14 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, ar
     # Table 2
     sft = sft_accuracy(out, policy, z)
     ppo = {k: [json.loads((d / f"ppo_{k}" / "eval.json").read_text())["test_greedy_accuracy"] for d in dirs]
-           for k in ("orm", "prm")}
+           for k in ("orm", "prm", "truth")}
     md.append(f"\n## Table 2: PPO, greedy accuracy on {z.test_problems} test problems\n\n")
     md.append(table(["policy", *[f"seed {s}" for s in seeds], "mean ± std"],
                     [["SFT (the policy)", *[f"{sft:.3f}"] * len(seeds), f"{sft:.3f}"],
                      ["ORM-PPO", *[f"{x:.3f}" for x in ppo["orm"]], mean_std(ppo["orm"])],
-                     ["step-by-step PPO (PRM-hard)", *[f"{x:.3f}" for x in ppo["prm"]], mean_std(ppo["prm"])]]))
+                     ["step-by-step PPO (PRM-hard)", *[f"{x:.3f}" for x in ppo["prm"]], mean_std(ppo["prm"])],
+                     ["step-by-step PPO, exact step truth as the PRM (oracle)", *[f"{x:.3f}" for x in ppo["truth"]],
+                      mean_std(ppo["truth"])]]))
     # label quality
     q = [json.loads((d / "label" / "labels.quality.json").read_text()) for d in dirs]
     md.append("\n## Label quality against the exact step truth (the paper's §5.2 analogue)\n\n"
@@ -310,13 +315,13 @@ def figures(out: Path, seeds: list[int], z: Sizes, policy: str):
     save(fig, "table1.png")
 
     sft = sft_accuracy(out, policy, z)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, k in enumerate(("orm", "prm")):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, k in enumerate(("orm", "prm", "truth")):
         ys = [json.loads((d / f"ppo_{k}" / "eval.json").read_text())["test_greedy_accuracy"] for d in dirs]
         ax.bar(i + 1, statistics.mean(ys), yerr=statistics.pstdev(ys), capsize=3)
         ax.plot([i + 1] * len(ys), ys, "k.")
     ax.bar(0, sft)
-    ax.set_xticks([0, 1, 2], ["SFT", "ORM-PPO", "step-PPO"])
+    ax.set_xticks([0, 1, 2, 3], ["SFT", "ORM-PPO", "step-PPO", "oracle step-PPO"])
     ax.set(ylabel="greedy test accuracy", title="Table 2: PPO", ylim=(0, 1))
     save(fig, "table2.png")
 

@@ -26,12 +26,13 @@ def test_tiny_reproduction_writes_every_table_and_resumes(tmp_path, monkeypatch)
     for heading in ("## Table 1: best-of-N", "Verifier diagnostics", "## Table 2: PPO", "## Label quality",
                     "## Verifier capacity", "## Time per stage"):
         assert heading in md, heading
-    for row in ("| 4 |", "| SFT (the policy) |", "| ORM-PPO |", "| step-by-step PPO (PRM-hard) |", "| PRM-hard |",
+    for row in ("| 4 |", "| SFT (the policy) |", "| ORM-PPO |", "| step-by-step PPO (PRM-hard) |",
+                "| step-by-step PPO, exact step truth as the PRM (oracle) |", "| PRM-hard |",
                 "| PRM-hard | verifier base | 50% |", "| ORM | the policy | 100% |"):
         assert row in md, row
-    # 8 stages per seed, and the capacity curve's 6 (label_parts, PRM and ORM on half the labels and on the policy,
+    # 9 stages per seed, and the capacity curve's 6 (label_parts, PRM and ORM on half the labels and on the policy,
     # their verify)
-    assert len(list((out / "seed0").glob("*.done"))) == 14
+    assert len(list((out / "seed0").glob("*.done"))) == 15
     done = {p: p.read_text() for p in out.glob("seed*/*.done")}
     assert all(json.loads(t).get("wall_s", 0) >= 0 for t in done.values())
     # a rerun: no stage runs again, and the report is the same
