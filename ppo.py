@@ -744,16 +744,7 @@ def summarize(rows: list[dict], g: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    """The one error path: a user's mistake is one line and exit 2, Ctrl-C one line and exit 130 (the run resumes
-    from its last checkpoint); anything else is a bug and keeps its traceback."""
-    try:
-        return run(argv)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
-        return 130
+    return shepherd.run_cli(run, argv, "the same command resumes from the last checkpoint")
 
 
 def run(argv=None) -> int:

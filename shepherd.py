@@ -1298,16 +1298,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_cli(command, argv, on_interrupt: str) -> int:
+    """Every command's one error path: a user's mistake is one line and exit 2, Ctrl-C one line and exit 130;
+    anything else is a bug in Shepherd and keeps its traceback."""
     try:
-        return args.func(args)
+        return command(argv)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; label and train resume where they stopped when run again", file=sys.stderr)
+        print(f"interrupted; {on_interrupt}", file=sys.stderr)
         return 130
+
+
+def main(argv=None) -> int:
+    def command(argv):
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    return run_cli(command, argv, "label and train resume where they stopped when run again")
 
 
 if __name__ == "__main__":
