@@ -948,19 +948,21 @@ def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: li
     return out
 
 
+def solution_score(rm_name: str, step_scores: list[float]) -> float:
+    """What best-of-N ranks by: an ORM's score at the last tag, a PRM's minimum over its steps."""
+    return aggregate(step_scores, "last" if rm_name.startswith("ORM") else "min")
+
+
 def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[str, object]:
     """Every method's chosen answer for one problem's solutions. scores: reward model name -> step scores."""
     chosen = {"SC": majority_vote(answers)}
     for name, steps in scores.items():
-        if name.startswith("ORM"):  # an outcome model scores the whole solution, read at its last tag
-            s = [aggregate(x, "last") for x in steps]
-            chosen[name] = best_of_n(answers, s)
-            chosen[f"SC+{name}"] = weighted_vote(answers, s)
-        else:
+        if name.startswith("ORM"):
+            chosen[name] = best_of_n(answers, [solution_score(name, x) for x in steps])
+        else:  # a PRM's three aggregations, each its own best-of-N
             for how in ("min", "prod", "last"):
-                s = [aggregate(x, how) for x in steps]
-                chosen[f"{name}-{how}"] = best_of_n(answers, s)
-            chosen[f"SC+{name}"] = weighted_vote(answers, [aggregate(x, "min") for x in steps])
+                chosen[f"{name}-{how}"] = best_of_n(answers, [aggregate(x, how) for x in steps])
+        chosen[f"SC+{name}"] = weighted_vote(answers, [solution_score(name, x) for x in steps])
     return chosen
 
 
@@ -998,11 +1000,6 @@ def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: 
         curve[n] = {m: {"mean": sum(a) / len(a), "std": (sum((x - sum(a) / len(a)) ** 2 for x in a) / len(a)) ** 0.5}
                     for m, a in accs.items()}
     return curve
-
-
-def solution_score(rm_name: str, step_scores: list[float]) -> float:
-    """What best-of-N ranks by: an ORM's score at the last tag, a PRM's minimum over its steps."""
-    return aggregate(step_scores, "last" if rm_name.startswith("ORM") else "min")
 
 
 def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
