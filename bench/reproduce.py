@@ -99,9 +99,10 @@ def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str, first:
             "--quiet", "--out", str(d / f"ppo_{reward}"), *common], (rm,)))
     if first and z.capacity:  # the capacity curve: fewer labels, and a weaker base (the policy itself)
         extra, after = [], []
-        for label, base, data_file, steps in [(f"{int(f * 100)}%", verifier, str(d / "label" / f"labels.{int(f * 100)}.jsonl"),
-                                               max(1, int(z.rm_steps * f))) for f in z.capacity] + \
-                                             [("policy", policy, labels, z.rm_steps)]:
+        # (name, base, labels, steps): a fraction of the labels (steps scaled with it), then the policy as the base
+        points = [(f"{int(f * 100)}%", verifier, str(d / "label" / f"labels.{int(f * 100)}.jsonl"),
+                   max(1, int(z.rm_steps * f))) for f in z.capacity] + [("policy", policy, labels, z.rm_steps)]
+        for label, base, data_file, steps in points:
             for objective, flag, name in (("prm", "--prm", f"hard-{label}"), ("orm", "--orm", label)):
                 s = train(f"{objective}@{label}", objective, "hard", base, data_file, steps)
                 s.after = ("label_parts",) if base == verifier else ("label",)
