@@ -180,8 +180,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_k is not None:  # cached: write this step's k/v at their positions, attend over slots [0, kv_len)
             idx = positions[:, None, :, None].expand(B, c.num_key_value_heads, S, c.head_dim)
-            cache_k[:B].scatter_(2, idx, k)
-            cache_v[:B].scatter_(2, idx, v)
+            cache_k[:B].scatter_(2, idx, k.to(cache_k.dtype))  # under autocast k/v are bf16, the cache may not be
+            cache_v[:B].scatter_(2, idx, v.to(cache_v.dtype))
             k, v = cache_k[:B, :, :kv_len], cache_v[:B, :, :kv_len]
         # grouped-query attention: each k/v head serves num_attention_heads / num_key_value_heads query heads
         # (enable_gqa shares them without materialising copies, as HF's repeat_kv would)
@@ -343,12 +343,13 @@ class Transformer(nn.Module):
         return shapes
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, dtype=torch.float32, device="cpu") -> "Transformer":
+    def from_pretrained(cls, path_or_repo: str | Path, dtype=torch.float32, device="cpu",
+                        check_only: bool = False) -> "Transformer":
         """A local folder or a Hugging Face repo id; single-file or sharded safetensors. Never unpickles.
 
         The model is built on the meta device (no memory) and each tensor is assigned as it is read, converted to
         dtype/device, so a 7B model never sits twice in memory. Strict: any missing, unexpected or misshaped tensor
-        is an error naming the key and both shapes."""
+        is an error naming the key and both shapes. check_only: every check, no tensor read (a model on meta)."""
         folder = resolve_checkpoint(path_or_repo)
         cfg = ModelConfig.from_json(folder / "config.json")
         with torch.device("meta"):
@@ -370,14 +371,17 @@ class Transformer(nn.Module):
                     if shape != expected[key]:
                         problems.append(f"tensor {key!r} in {file.name} has shape {shape}, the model expects {expected[key]}")
                         continue
-                    state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                    if not check_only:
+                        state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
         problems += [f"missing tensor {k!r} (shape {s})" for k, s in expected.items() if k not in seen]
         if problems:
             raise CheckpointError(f"{folder}: checkpoint does not match the model:\n  " + "\n  ".join(problems))
+        model.source_dir = str(folder)
+        if check_only:
+            return model
         model.load_state_dict(state, strict=False, assign=True)
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        model.source_dir = str(folder)
         return model.eval()
 
     # -- saving ----------------------------------------------------------------------------------------------

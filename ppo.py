@@ -89,9 +89,18 @@ class Config:
     rm_base: str = opt("", "reward-model build: the base it is fine-tuned from (default: the synthetic world's "
                            "verifier base with the default policy, else the policy)")
     device: str = opt("", "cpu or cuda (default: cuda if available)")
-    dtype: str = opt("auto", "float32 | bfloat16 for the frozen models and FSDP compute (auto: bf16 on CUDA)")
+    dtype: str = opt("auto", "float32 | bfloat16 for the frozen reward model and FSDP compute (auto: bf16 on CUDA)")
     fsdp: bool = opt(False, "shard every model with FSDP2 (fully_shard) instead of replicating it (7B scale)")
     quiet: bool = opt(False, "no progress bar")
+
+
+# the numbers a user can get wrong, checked by argparse before anything runs (shepherd.in_range)
+RANGES = {**dict.fromkeys(["iterations", "batch_size", "max_new_tokens", "epochs", "minibatch_size", "micro_batch",
+                           "eval_every", "save_every", "rm_problems", "rm_steps"], shepherd.POSITIVE),
+          **dict.fromkeys(["eval_problems", "test_problems", "warmup"], shepherd.COUNT),
+          **dict.fromkeys(["temperature", "lr", "critic_lr", "clip", "value_clip", "max_grad_norm"], shepherd.RATE),
+          **dict.fromkeys(["kl_coef", "weight_decay"], shepherd.NONNEG),
+          **dict.fromkeys(["gamma", "lam", "min_lr_ratio", "reward_center"], shepherd.FRACTION)}
 
 
 def parse_args(argv=None) -> Config:
@@ -101,12 +110,13 @@ def parse_args(argv=None) -> Config:
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"] + f" ({f.default})")
+            kind = (lambda s: s and shepherd.device_arg(s)) if f.name == "device" else RANGES.get(f.name, type(f.default))
+            p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + f" ({f.default})")
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.reward not in ("prm", "orm", "truth") or cfg.critic_init not in ("reward", "policy"):
         p.error("--reward is prm, orm or truth; --critic-init is reward or policy")
-    if not cfg.temperature > 0:  # the policy trained is softmax(logits / T): T = 0 (greedy) has no log-probs
-        p.error(f"--temperature must be > 0, not {cfg.temperature}")
+    if cfg.dtype not in ("auto", "float32", "bfloat16"):
+        p.error(f"--dtype is auto, float32 or bfloat16, not {cfg.dtype!r}")
     return cfg
 
 
@@ -422,7 +432,7 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
     """This rank's problems -> one response each, with per-token old/ref log-probs, values and reward-model score.
     Row seeds derive from (seed, iteration, problem id): the same rollouts on any number of ranks, and on resume."""
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
-    with timer("generate"), full_params(M.policy, cfg):
+    with timer("generate"), full_params(M.policy, cfg), M.amp:  # sampled as pi_old is computed: same precision
         outs = sampler.generate(prompts, sampler.room(prompts, cfg.max_new_tokens), temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
     responses = [o.tokens for o in outs]
     steps = [response_steps(o.tokens, head.tag, o.finish_reason == "stop", tok.decode) for o in outs]
@@ -655,6 +665,15 @@ class Models:
     no_sync: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # see sync_gradients
 
 
+def precision(cfg: Config, device: str):
+    """(dtype of the frozen reward model, the context every forward that makes a log-prob or a score runs in).
+    Trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast, or
+    FSDP2's mixed precision, which shard() sets)."""
+    cuda = device.startswith("cuda")
+    frozen = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    return frozen, torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
+
+
 def setup(cfg: Config, d: Dist):
     """-> (task, tokenizer, PRM head, Models, the iteration to start at: > 0 when resuming a checkpoint)."""
     task = data.get_task(cfg.task)
@@ -663,6 +682,9 @@ def setup(cfg: Config, d: Dist):
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
     if not Path(policy_dir, "config.json").exists() and cfg.task == "synthetic" and not cfg.policy:
         raise InputError(f"{policy_dir}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
+    for what, path in (("--policy", policy_dir), ("--reward-model", cfg.reward_model), ("--rm-base", cfg.rm_base)):
+        if path:  # checked (no weights read) before anything is built or written
+            shepherd.load_model(path, what, check_only=True)
     # the reward model: scores the steps, and starts the critic (--critic-init reward); --reward truth needs it for
     # the second only
     needs_rm = cfg.reward != "truth" or cfg.critic_init == "reward"
@@ -675,10 +697,7 @@ def setup(cfg: Config, d: Dist):
         if diff:
             raise InputError(f"{ckpt}: made with other settings ({'; '.join(diff)}); rerun with the same "
                              f"ones to resume, or pass --restart (or a new --out) to start over")
-    cuda = d.device.startswith("cuda")
-    frozen = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    # trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
+    frozen, amp = precision(cfg, d.device)
 
     def load(path, dtype=torch.float32, value=False):  # one model at a time: under FSDP sharded as soon as loaded
         model = Transformer.from_pretrained(path, dtype=dtype, device=d.device)
@@ -690,7 +709,10 @@ def setup(cfg: Config, d: Dist):
             shard(model, cfg, frozen)
         return model
     policy = load(ckpt / "policy" if resume else policy_dir)
-    ref = load(policy_dir, frozen).requires_grad_(False)
+    # the reference computes exactly as the policy at iteration 0, so the KL starts at 0 to the bit: under FSDP2 both
+    # compute with weights cast to `frozen`, so it is stored in it; under autocast weights compute as stored, so it is
+    # fp32 like the policy (a bf16 copy gave a spurious +0.005 nats a response)
+    ref = load(policy_dir, frozen if cfg.fsdp else torch.float32).requires_grad_(False)
     rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
     critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
     tok = Tokenizer(policy_dir)
@@ -713,14 +735,6 @@ def setup(cfg: Config, d: Dist):
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
     return task, tok, head, M, start
-
-
-def open_log(path: Path, keep_until: int | None):
-    """log.jsonl for appending: on resume, cut back to the checkpoint's iteration (a crash after it must not leave
-    iterations that the resumed run writes again); on a fresh start, emptied."""
-    lines = path.read_text().splitlines(keepends=True) if keep_until is not None and path.exists() else []
-    shepherd.atomic_write(path, "".join(x for x in lines if json.loads(x)["iteration"] <= keep_until))
-    return open(path, "a")
 
 
 def summarize(rows: list[dict], g: dict) -> dict:
@@ -761,8 +775,10 @@ def run(argv=None) -> int:
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    sampler = Sampler(M.policy, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if cfg.fsdp else None)
-    log = open_log(out / "log.jsonl", start if resume else None) if d.main else None
+    # no CUDA graphs under FSDP (weights move) or autocast (a captured graph would keep its first bf16 weight casts)
+    eager = cfg.fsdp or not isinstance(M.amp, contextlib.nullcontext)
+    sampler = Sampler(M.policy, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if eager else None)
+    log = shepherd.open_log(out / "log.jsonl", start if resume else None, "iteration") if d.main else None
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
     if not resume and cfg.eval_problems:

@@ -10,6 +10,8 @@ Generation lives in sampler.py, grading in data/, the transformer and the PRM he
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -45,21 +47,81 @@ def atomic_write(path: str | Path, data: bytes | str):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None  # a failed write names no file by itself
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no .tmp file behind
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
-    """(line number, record) pairs; malformed JSON or a missing field is an InputError naming file and line."""
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) pairs; malformed JSON or an empty file is an InputError naming file and line."""
     try:
         rows = data.numbered_jsonl(path)
     except (ValueError, OSError) as e:
         raise InputError(str(e)) from None
-    for n, rec in rows:
-        for field in required:
-            if field not in rec:
-                raise InputError(f"{path}:{n}: missing field {field!r}")
+    if not rows:
+        raise InputError(f"{path}: no records (the file is empty)")
     return rows
+
+
+def load_model(path, what: str, dtype=torch.float32, device="cpu", check_only=False) -> tuple[Transformer, Tokenizer]:
+    """A checkpoint and its tokenizer, checked before use: whatever a user can get wrong (no such folder, no
+    config or tokenizer, a truncated or misshaped shard, a tokenizer larger than the embedding) is an InputError.
+    check_only: all the checks, no weights read (the model is on the meta device)."""
+    from safetensors import SafetensorError
+    from model import resolve_checkpoint
+    try:
+        folder = resolve_checkpoint(path)
+    except Exception as e:  # no such folder; or the hub: offline, no such repo, no access
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{what}: {msg}" if msg.startswith(str(path)) else f"{what}: {path}: not a checkpoint "
+                         f"folder, and the hub did not provide it ({type(e).__name__}: {msg})") from None
+    for name in ("config.json", "tokenizer.json"):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder}: no {name} ({what} needs a Hugging Face checkpoint folder with config.json, "
+                             f"tokenizer.json and safetensors weights)")
+    try:
+        model = Transformer.from_pretrained(folder, dtype=dtype, device=device, check_only=check_only)
+    except SafetensorError as e:
+        raise InputError(f"{folder}: unreadable safetensors weights ({e})") from None
+    except (ValueError, OSError) as e:  # CheckpointError, a bad config.json, an unreadable file
+        raise InputError(str(e).replace("\n", " ")) from None
+    try:
+        tok = Tokenizer(folder)
+    except Exception as e:  # the tokenizers library's parse errors have no class of their own
+        raise InputError(f"{folder / 'tokenizer.json'}: not a tokenizer the tokenizers library reads ({e})") from None
+    if tok.vocab_size > model.config.vocab_size:
+        raise InputError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} tokens do not fit the model's embedding "
+                         f"({model.config.vocab_size} rows): a tokenizer from another model?")
+    return model, tok
+
+
+def task_problems(task, name: str, split: str) -> list[data.Problem]:
+    """task.load(split), an unknown split or missing data being the user's to fix."""
+    if split not in task.SPLITS:
+        raise InputError(f"--split {split}: task {name!r} has splits {', '.join(task.SPLITS)}")
+    try:
+        return task.load(split)
+    except (OSError, ValueError) as e:
+        raise InputError(str(e)) from None
+
+
+def same_tokenizer(a: Tokenizer, b: Tokenizer, what: str):
+    """Two models that read each other's tokens (generator and completer, policy and reward model)."""
+    if a.tok.get_vocab() != b.tok.get_vocab() or (a.prefix, a.suffix) != (b.prefix, b.suffix):
+        raise InputError(f"{b.folder}: {what}'s tokenizer differs from {a.folder}'s; both must read the same tokens")
+
+
+def device_arg(text: str) -> str:
+    """--device: cpu, cuda or cuda:N, and a CUDA device only where torch has one."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, not {text!r}")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this torch build has no CUDA device (torch {torch.__version__})")
+    return text
 
 
 def seed_for(*parts) -> int:
@@ -123,57 +185,98 @@ def _normalise_tags(text: str) -> str:
     return re.sub(r"\s*" + data.STEP_TAG, " " + data.STEP_TAG, text)
 
 
-def parse_math_shepherd(rec: dict, where: str) -> StepExample:
-    """{'input': '... ки ... ки', 'label': the same text with each ки replaced by + or -}."""
-    # the label text is the input with each tag replaced by one character: walk both in step
-    parts = rec["input"].split(data.STEP_TAG)
-    label, labels, pos = rec["label"], [], 0
-    for k, part in enumerate(parts[:-1]):
-        if label[pos:pos + len(part)] != part or label[pos + len(part):pos + len(part) + 1] not in ("+", "-"):
-            raise InputError(f"{where}: field 'label' is not field 'input' with step {k + 1}'s tag replaced by + or -")
-        pos += len(part)
-        labels.append(1.0 if label[pos] == "+" else 0.0)
-        pos += 1
-    if not labels:
-        raise InputError(f"{where}: field 'input' has no step tag {data.STEP_TAG!r}")
-    return StepExample(_normalise_tags(rec["input"]), labels, labels[-1])
+def _kind(v) -> str:
+    return "nothing" if v is None else type(v).__name__
 
 
-def parse_stepwise(rec: dict, where: str) -> StepExample:
-    """TRL's {'prompt', 'completions': [step, ...], 'labels': [bool or float, ...]}."""
-    steps, labels = rec["completions"], rec["labels"]
-    if not steps:
-        raise InputError(f"{where}: field 'completions' has no steps")
-    if len(steps) != len(labels):
-        raise InputError(f"{where}: field 'labels' has {len(labels)} entries for {len(steps)} completions")
-    labels = [float(x) for x in labels]
-    return StepExample(data.format_prompt(rec["prompt"]) + data.join_steps(steps), labels, labels[-1])
+def _text(rec: dict, name: str, where: str) -> str:
+    if not isinstance(rec.get(name), str):
+        raise InputError(f"{where}: field {name!r}: expected a string, got {_kind(rec.get(name))}")
+    return rec[name]
 
 
-def parse_record(rec: dict, where: str, labels: str = "hard") -> StepExample:
-    """One of our `label` records (question, steps, hard, soft, correct)."""
-    if not rec["steps"]:
-        raise InputError(f"{where}: field 'steps' is empty")
-    return StepExample(data.format_prompt(rec["question"]) + data.join_steps(rec["steps"]),
-                       [float(x) for x in rec[labels]], float(rec["correct"]), rec.get("id", ""))
+def _steps(rec: dict, name: str, where: str) -> list[str]:
+    v = rec.get(name)
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise InputError(f"{where}: field {name!r}: expected a list of step strings, got {_kind(v)}")
+    if not [s for s in v if s.strip()]:
+        raise InputError(f"{where}: field {name!r}: the solution has no steps")
+    return [s.strip() for s in v]
+
+
+def _labels(rec: dict, name: str, where: str, n: int) -> list[float]:
+    v = rec.get(name)
+    if not isinstance(v, list) or not all(isinstance(x, (bool, int, float)) and 0 <= x <= 1 for x in v):
+        raise InputError(f"{where}: field {name!r}: expected a list of labels in [0, 1] (booleans or numbers)")
+    if len(v) != n:
+        raise InputError(f"{where}: field {name!r}: {len(v)} labels for {n} steps")
+    return [float(x) for x in v]
+
+
+@dataclass
+class Record:
+    """One solution read from a file, whatever its format."""
+    question: str
+    steps: list[str]
+    text: str  # what a reward model reads: the prompt, then the steps with their tags
+    labels: list[float] | None  # per step, in [0, 1]; None when the record has none
+    outcome: float | None  # the final answer's correctness (the ORM's target)
+    gold: str | None
+    id: str | None
+
+
+def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
+    """Any of the three formats, told apart by their fields, every field type-checked:
+    Math-Shepherd {'input': '... ки ... ки', 'label': the input with each ки replaced by + or -},
+    TRL's stepwise {'prompt', 'completions': [step, ...], 'labels': [bool or float, ...]},
+    and our `label` records {'question', 'steps', 'hard', 'soft', 'correct'}."""
+    if "input" in rec:
+        text = _text(rec, "input", where)
+        if data.STEP_TAG not in text:
+            raise InputError(f"{where}: field 'input': no step tag {data.STEP_TAG!r}")
+        cut = re.search(r"\s*Step 1:", text)
+        question = text[:cut.start()] if cut else text.split("\n", 1)[0]
+        steps, ys = data.split_steps(text[len(question):]), None
+        if "label" in rec:  # the label text is the input with each tag replaced by one character: walk both in step
+            label, ys, pos = _text(rec, "label", where), [], 0
+            for k, part in enumerate(text.split(data.STEP_TAG)[:-1]):
+                if label[pos:pos + len(part)] != part or label[pos + len(part):pos + len(part) + 1] not in ("+", "-"):
+                    raise InputError(f"{where}: field 'label' is not field 'input' with step {k + 1}'s tag replaced by + or -")
+                pos += len(part)
+                ys.append(1.0 if label[pos] == "+" else 0.0)
+                pos += 1
+        text, outcome = _normalise_tags(text), None
+    elif "prompt" in rec or "completions" in rec:
+        question, steps = _text(rec, "prompt", where), _steps(rec, "completions", where)
+        ys = _labels(rec, "labels", where, len(steps)) if "labels" in rec else None
+        text, outcome = data.format_prompt(question) + data.join_steps(steps), None
+    elif "question" in rec or "steps" in rec:
+        question, steps = _text(rec, "question", where), _steps(rec, "steps", where)
+        ys = _labels(rec, labels, where, len(steps)) if labels in rec else None
+        outcome = rec.get("correct")
+        if outcome is not None and outcome not in (0, 1):  # True, False, 0, 1
+            raise InputError(f"{where}: field 'correct': expected true or false, got {outcome!r}")
+        text = data.format_prompt(question) + data.join_steps(steps)
+    else:
+        raise InputError(f"{where}: expected fields input [+ label] (Math-Shepherd), prompt + completions [+ labels] "
+                         f"(stepwise) or question + steps (label records)")
+    gold = rec.get("gold", rec.get("answer"))
+    if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
+        raise InputError(f"{where}: field 'gold': expected the final answer as a string or number, got {_kind(gold)}")
+    rid = rec.get("id")
+    return Record(question, steps, text, ys, float(outcome) if outcome is not None else ys[-1] if ys else None,
+                  None if gold is None else str(gold), None if rid is None else str(rid))
 
 
 def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExample]:
-    """Any of the three formats, told apart by their fields."""
+    """Labeled solutions (any format) for PRM/ORM training."""
     out = []
     for n, rec in read_jsonl(path):
         where = f"{path}:{n}"
-        try:
-            if "input" in rec and "label" in rec:
-                out.append(parse_math_shepherd(rec, where))
-            elif "completions" in rec:
-                out.append(parse_stepwise(rec, where))
-            elif "steps" in rec:
-                out.append(parse_record(rec, where, labels))
-            else:
-                raise InputError(f"{where}: expected fields input+label, prompt+completions+labels, or question+steps")
-        except KeyError as e:
-            raise InputError(f"{where}: missing field {e.args[0]!r}") from None
+        r = parse_solution(rec, where, labels)
+        if r.labels is None:
+            raise InputError(f"{where}: no step labels (expected field 'label', 'labels' or {labels!r})")
+        out.append(StepExample(r.text, r.labels, r.outcome, r.id or ""))
     return out
 
 
@@ -325,7 +428,8 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
     """(id, example) pairs for the objective, from --data or from the task's own SFT records."""
     if args.objective == "sft":
         if args.data:
-            rows = [(f"{args.data}:{n}", r) for n, r in read_jsonl(args.data, ("prompt", "response"))]
+            rows = [(f"{args.data}:{n}", {k: _text(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
+                    for n, r in read_jsonl(args.data)]
         else:
             task = data.get_task(args.task)
             if not hasattr(task, "sft_records"):
@@ -369,31 +473,50 @@ def scratch_dir(path) -> bool:
     return str(path).startswith(tempfile.gettempdir()) and Path(path).name.startswith("shepherd-tokenizer-")
 
 
+# what a training run depends on: resuming with any of these changed would be a run of neither setting
+TRAIN_SETTINGS = ("objective", "model", "scratch_size", "task", "data", "labels", "num_examples", "steps", "batch_size",
+                  "lr", "min_lr_ratio", "warmup", "weight_decay", "clip", "heldout", "max_len", "untie", "tag",
+                  "add_tag_token", "good", "bad", "seed")
+
+
+def open_log(path: Path, keep_until: int | None, key: str):
+    """A log.jsonl for appending: on resume cut back to the checkpoint's record[key] (a crash after it must not
+    leave records that the resumed run writes again); on a fresh start, emptied."""
+    lines = path.read_text().splitlines(keepends=True) if keep_until is not None and path.exists() else []
+    atomic_write(path, "".join(x for x in lines if json.loads(x)[key] <= keep_until))
+    return open(path, "a")
+
+
 def cmd_train(args) -> int:
     d = init_distributed(args.device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     state_file = out / "trainer_state.pt"
+    ours = state_file.exists() or (out / "trainer_state.json").exists()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
+        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); choose another --out")
     resume = state_file.exists() and not args.restart
     if (out / "trainer_state.json").exists() and not args.restart:
         print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
         return 0
+    settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
+    settings["data_digest"] = args.data and Path(args.data).is_file() and file_digest(args.data)
     # the model: a checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one with the task's tokenizer
     if resume:
-        model = Transformer.from_pretrained(out)
+        model, tok = load_model(out, "--out")
         tok_dir = out
     elif args.model == "scratch":
         task = data.get_task(args.task)
         tok_dir = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))  # every rank builds the same one
         task.build_tokenizer(tok_dir)
         torch.manual_seed(args.seed)
-        model = scratch_model(args.scratch_size, Tokenizer(tok_dir), args.max_len, tied=not args.untie)
+        tok = Tokenizer(tok_dir)
+        model = scratch_model(args.scratch_size, tok, args.max_len, tied=not args.untie)
     else:
-        model = Transformer.from_pretrained(args.model)
+        model, tok = load_model(args.model, "--model")
         tok_dir = model.source_dir
         if args.untie:
             model.untie()
-    tok = Tokenizer(tok_dir)
     if tok.pad_id is None or tok.pad_id == tok.eos_id:
         tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked; any id will do here
     if args.add_tag_token and args.objective != "sft" and len(prm_head(tok, args.tag).tag) > 1 and not resume:
@@ -419,6 +542,11 @@ def cmd_train(args) -> int:
     step = 0
     if resume:
         st = torch.load(state_file, map_location="cpu", weights_only=True)
+        changed = [f"--{k.replace('_', '-')} {st.get('settings', {}).get(k)!r} -> {v!r}" for k, v in settings.items()
+                   if st.get("settings", {}).get(k) != v]
+        if changed:
+            raise InputError(f"{state_file}: made with other settings ({'; '.join(changed)}); rerun with the same "
+                             f"ones to resume, or pass --restart (or a new --out) to start over")
         opt.load_state_dict(st["optimizer"])
         step = int(st["step"])
         if d.main:
@@ -426,7 +554,8 @@ def cmd_train(args) -> int:
     per_rank = args.batch_size // (d.world * args.grad_accum)
     if per_rank * d.world * args.grad_accum != args.batch_size:
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of world size x --grad-accum")
-    log = open(out.parent / f"{out.name}.log.jsonl", "a") if d.main else None
+    # the first byte written: everything above is validation
+    log = open_log(out.parent / f"{out.name}.log.jsonl", step if resume else None, "step") if d.main else None
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
 
     def batch_for(step: int, micro: int) -> dict:
@@ -462,48 +591,63 @@ def cmd_train(args) -> int:
             return
         extra = {}
         if final:
-            extra["trainer_state.json"] = json.dumps({"step": done_steps, "done": True}).encode()
+            extra["trainer_state.json"] = json.dumps({"step": done_steps, "done": True, "settings": settings}).encode()
         else:
             buf = io.BytesIO()
-            torch.save({"optimizer": opt.state_dict(), "step": done_steps}, buf)
+            torch.save({"optimizer": opt.state_dict(), "step": done_steps, "settings": settings}, buf)
             extra["trainer_state.pt"] = buf.getvalue()
-        raw.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
+        from safetensors import SafetensorError
+        try:
+            raw.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
+        except SafetensorError as e:  # safetensors reports a full disk as its own error
+            raise InputError(f"{out}: cannot write the checkpoint ({e})") from None
 
-    if step == 0 and held:  # where we start from, for comparison
-        rec = {"step": 0, **evaluate()}
+    try:
+        if step == 0 and held:  # where we start from, for comparison
+            rec = {"step": 0, **evaluate()}
+            if log:
+                log.write(json.dumps(rec) + "\n")
+            if d.main:
+                print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
+        model.train()
+        bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step, total=args.steps)
+        t0 = time.time()
+        for step in bar:
+            lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            total = 0.0
+            for micro in range(args.grad_accum):
+                with amp:
+                    loss, _, _ = objective_loss(model, batch_for(step, micro), args.objective, head)
+                (loss / args.grad_accum).backward()
+                total += loss.item() / args.grad_accum
+            if not math.isfinite(total):
+                saved = f"the last good checkpoint is {out}" if state_file.exists() else "no checkpoint was saved"
+                raise InputError(f"{args.data or args.task}: loss is {total} at step {step} (learning rate too high? NaN "
+                                 f"in the weights?); {saved}")
+            gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip).item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
+            rec = {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm, "time": time.time() - t0}
+            if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+                rec.update(evaluate() if held else {})
+                bar.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
+            if log:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+                save(step + 1, final=False)
+        save(args.steps, final=True)
+    except BaseException:  # no checkpoint, no log: a run that saved nothing leaves nothing
         if log:
-            log.write(json.dumps(rec) + "\n")
-        if d.main:
-            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
-    model.train()
-    bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step, total=args.steps)
-    t0 = time.time()
-    for step in bar:
-        lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        total = 0.0
-        for micro in range(args.grad_accum):
-            with amp:
-                loss, _, _ = objective_loss(model, batch_for(step, micro), args.objective, head)
-            (loss / args.grad_accum).backward()
-            total += loss.item() / args.grad_accum
-        if not math.isfinite(total):
-            raise RuntimeError(f"loss is {total} at step {step}; the last good checkpoint is {out}")
-        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
-        rec = {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm, "time": time.time() - t0}
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            rec.update(evaluate() if held else {})
-            bar.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
-        if log:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save(step + 1, final=False)
-    save(args.steps, final=True)
+            log.close()
+            if not state_file.exists():
+                Path(log.name).unlink(missing_ok=True)
+        if scratch_dir(tok_dir):
+            shutil.rmtree(tok_dir, ignore_errors=True)
+        raise
     barrier(d)
     if scratch_dir(tok_dir):
         shutil.rmtree(tok_dir, ignore_errors=True)  # the scratch tokenizer now lives in the checkpoint
@@ -654,9 +798,21 @@ class Labeler:
 
 
 def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[data.Problem, list[Solution]]]:
-    """Solutions someone else generated: Math-Shepherd jsonl (input [+ label]) or stepwise (prompt + completions),
-    or our own records (question + steps). The gold answer comes from a 'gold'/'answer' field, or else from the
-    task's problem with the same question."""
+    """Solutions someone else generated, in any of the three formats (parse_solution). The gold answer comes from a
+    'gold'/'answer' field, or else from the task's problem with the same question; the task's grader must read it."""
+    def checked(n, rec):
+        r = parse_solution(rec, f"{path}:{n}")
+        if r.gold is not None and not task.grade(f"{data.ANSWER_PREFIX} {r.gold}", r.gold):
+            raise InputError(f"{path}:{n}: field 'gold': {r.gold!r} is not an answer the {task.__name__} grader can read")
+        return n, r
+    records = []
+    for n, rec in read_jsonl(path):  # the whole file is checked before the task's problems are loaded
+        try:
+            records.append(checked(n, rec))
+        except InputError:
+            if not skip_bad:
+                raise
+            stats["skipped"] += 1
     known = {}
     for split in ("train", "test"):
         try:
@@ -664,87 +820,145 @@ def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[d
         except Exception:  # a task whose data is not available here: only explicit gold fields then
             pass
     units = []
-    for n, rec in read_jsonl(path):
-        where = f"{path}:{n}"
-        try:
-            if "input" in rec:
-                text = rec["input"]
-                cut = re.search(r"\s*Step 1:", text)
-                question = text[:cut.start()] if cut else text.split("\n", 1)[0]
-                steps = data.split_steps(text[len(question):])
-            elif "prompt" in rec:
-                question, steps = rec["prompt"], [c.strip() for c in rec["completions"]]
-            elif "question" in rec:
-                question, steps = rec["question"], rec["steps"]
-            else:
-                raise InputError(f"{where}: expected field 'input', 'prompt' or 'question'")
-            if not steps:
-                field = "input" if "input" in rec else "completions" if "prompt" in rec else "steps"
-                raise InputError(f"{where}: field {field!r}: the solution has no steps")
-            gold = rec.get("gold", rec.get("answer"))
-            problem = known.get(question.strip())
-            if problem is None:
-                if gold is None:
-                    raise InputError(f"{where}: field 'gold': no gold answer (and no {task.__name__} problem with this question)")
-                problem = data.Problem(str(rec.get("id", f"{Path(path).stem}-{n}")), question.strip(), str(gold))
-            elif gold is not None:
-                problem = data.Problem(problem.id, problem.question, str(gold), problem.meta)
-            problem = data.Problem(str(rec.get("id", f"{problem.id}@{Path(path).stem}-{n}")), problem.question,
-                                   problem.answer, {**problem.meta, "where": where})
-            units.append((problem, [Solution(problem, 0, steps)]))
-        except InputError:
+    for n, r in records:
+        problem = known.get(r.question.strip())
+        if problem is None and r.gold is None:
             if not skip_bad:
-                raise
+                raise InputError(f"{path}:{n}: field 'gold': no gold answer (and no {task.__name__} problem with this "
+                                 f"question)")
             stats["skipped"] += 1
+            continue
+        meta = problem.meta if problem is not None else {}
+        pid = r.id or (f"{problem.id}@{Path(path).stem}-{n}" if problem is not None else f"{Path(path).stem}-{n}")
+        problem = data.Problem(pid, r.question.strip(), r.gold if r.gold is not None else problem.answer,
+                               {**meta, "where": f"{path}:{n}"})
+        units.append((problem, [Solution(problem, 0, r.steps)]))
     return units
 
 
 class Progress:
-    """Resumable output: records appended and flushed unit by unit; a sidecar file lists the finished units with the
-    byte offset where each one's records end. On restart, anything past the last finished unit (a torn line, a unit
-    cut off by SIGKILL) is cut away and redone."""
+    """Resumable output: records appended and flushed unit by unit; a sidecar file holds the settings that made them
+    (first line) and then the finished units, each with the byte offset where its records end. On restart, anything
+    past the last finished unit (a torn line, a unit cut off by SIGKILL) is cut away and redone. The sidecar is also
+    a lock: a second process writing the same output is refused."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, settings: dict, restart: bool = False):
         self.path, self.side = path, path.parent / f".{path.name}.progress"
+        if path.is_dir() or (path.exists() and not self.side.exists()):
+            raise InputError(f"{path}: --out exists and is not a label output; remove it or choose another --out")
+        self.made = next((p for p in reversed(path.parents) if not p.exists()), None)  # removed with the files
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.side.exists()
+        self.fside = open(self.side, "a+")
+        try:
+            self._open(settings, restart)
+        except BaseException as e:
+            try:
+                self.fside.close()
+            except OSError:
+                pass
+            if created:
+                self.side.unlink(missing_ok=True)
+                self.made and shutil.rmtree(self.made, ignore_errors=True)
+            if isinstance(e, OSError) and e.filename is None:
+                raise OSError(e.errno, e.strerror, str(self.side)) from None
+            raise
+
+    def _open(self, settings: dict, restart: bool):
+        path = self.path
+        try:
+            fcntl.flock(self.fside, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fside.close()
+            raise InputError(f"{path}: another process is writing this output (its lock: {self.side})") from None
+        self.fside.seek(0)
+        lines = self.fside.read().splitlines()
+        saved = json.loads(lines[0]).get("settings") if lines and lines[0].startswith('{"settings"') else None
         self.done, end = {}, 0
-        if self.side.exists() and self.path.exists():
-            for line in self.side.read_text().splitlines():
+        if lines and not restart and path.exists():
+            changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v] \
+                if saved is not None else ["the settings are not recorded"]
+            if changed:
+                self.fside.close()
+                raise InputError(f"{path}: made with other settings ({'; '.join(changed)}); rerun with the same ones "
+                                 f"to resume, or pass --restart (or a new --out) to start over")
+            for line in lines[1:]:
                 try:
                     entry = json.loads(line)
                     self.done[entry["unit"]] = end = entry["end"]
                 except (json.JSONDecodeError, KeyError):
                     break  # a torn last line: that unit is redone
-        else:
-            self.side.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.done:
+            self.fside.truncate(0)
+            self.fside.write(json.dumps({"settings": settings}) + "\n")
+        else:  # keep the settings and the finished units, drop a torn last line
+            self.fside.truncate(0)
+            self.fside.write("\n".join(lines[:1 + len(self.done)]) + "\n")
+        self.fside.flush()
         with open(self.path, "ab") as f:
             f.truncate(end)
-        self.f, self.fside = open(self.path, "ab"), open(self.side, "a")
+        self.f = open(self.path, "ab")
 
     def write(self, unit: str, records: list[dict]):
-        self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
-        self.f.flush()
-        self.fside.write(json.dumps({"unit": unit, "end": self.f.tell()}) + "\n")
-        self.fside.flush()
+        try:
+            self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+            self.f.flush()
+            self.fside.write(json.dumps({"unit": unit, "end": self.f.tell()}) + "\n")
+            self.fside.flush()
+        except OSError as e:  # a full disk: the units finished so far stay, for the resume
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
+        self.done[unit] = self.f.tell()
 
-    def close(self):
-        self.f.close()
-        self.fside.close()
+    def close(self, remove: bool = False):
+        """remove: nothing was finished, so nothing is kept (a run that failed before its first unit)."""
+        try:
+            self.f.close()
+        except OSError:  # the disk filled while the last unit was written: a torn unit, cut away on resume
+            pass
+        if remove:
+            self.path.unlink(missing_ok=True)
+            self.side.unlink(missing_ok=True)
+            self.made and shutil.rmtree(self.made, ignore_errors=True)
+        try:
+            self.fside.close()
+        except OSError:
+            pass
+
+
+def checkpoint_digest(folder) -> str:
+    """What identifies a checkpoint without reading 14 GB: config, tokenizer, and each weight file's size, first and
+    last MiB (the safetensors header and tensors at both ends)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).iterdir()):
+        if f.name in ("config.json", "tokenizer.json") or f.suffix == ".safetensors":
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(2**20))
+                fh.seek(max(0, f.stat().st_size - 2**20))
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+RELEASED_TASK_NAMES = {"gsm8k": "GSM8K", "math": "MATH"}  # as the released Math-Shepherd data spells them
 
 
 def export(records: list[dict], fmt: str, task_name: str, labels: str) -> str:
-    """Math-Shepherd's jsonl (tags replaced by +/- in 'label') or TRL's stepwise records."""
+    """Math-Shepherd's jsonl (tags replaced by +/- in 'label') or TRL's stepwise records. labels (stepwise): hard,
+    soft (floats: TRL's PRM trainer casts labels with int(), so 0.75 would read as 0), or soft-threshold (soft >= 0.5,
+    as booleans)."""
     lines = []
     for r in records:
+        steps = [re.sub(r"^\s*Step \d+:\s*", "", s) for s in r["steps"]]  # a stepwise input's own 'Step k:' prefixes
         if fmt == "math-shepherd":
-            body = [f"Step {i + 1}: {s} " for i, s in enumerate(r["steps"])]
+            body = [f"Step {i + 1}: {s} " for i, s in enumerate(steps)]
             mark = ["+" if y else "-" for y in r["hard"]]
             lines.append({"input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
                           "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
-                          "task": task_name, "gold": r["gold"]})  # gold: extra, so the file can be relabeled
+                          "task": RELEASED_TASK_NAMES.get(task_name, task_name), "gold": r["gold"]})  # gold: extra
         else:
-            lines.append({"prompt": r["question"], "completions": r["steps"],
-                          "labels": [bool(y) for y in r["hard"]] if labels == "hard" else r["soft"], "gold": r["gold"]})
+            ys = {"hard": [bool(y) for y in r["hard"]], "soft": r["soft"],
+                  "soft-threshold": [y >= 0.5 for y in r["soft"]]}[labels]
+            lines.append({"prompt": r["question"], "completions": r["steps"], "labels": ys, "gold": r["gold"]})
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
 
 
@@ -781,6 +995,11 @@ def show(records: list[dict], k: int):
                 print(f"  step {i + 1}: {step:<34} (last step: graded)  hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
 
 
+# what a label output depends on: a resume with any of these changed would mix records made two ways
+LABEL_SETTINGS = ("task", "split", "limit", "model", "completer", "solutions", "num_solutions", "num_completions",
+                  "temperature", "top_p", "max_new_tokens", "group", "seed", "tag", "dtype", "skip_bad")
+
+
 def cmd_label(args) -> int:
     d = init_distributed(args.device)
     t0 = time.time()
@@ -792,10 +1011,14 @@ def cmd_label(args) -> int:
         raise InputError(f"--model is required for task {args.task!r}")
     if args.task == "synthetic" and model_path == task.POLICY_DIR and not Path(model_path, "config.json").exists():
         raise InputError(f"{model_path}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
-    generator = None if args.solutions else Transformer.from_pretrained(model_path, dtype=dtype, device=d.device)
-    completer = generator if args.completer is None and generator is not None else \
-        Transformer.from_pretrained(args.completer or model_path, dtype=dtype, device=d.device)
-    tok = Tokenizer(completer.source_dir)
+    generator, gen_tok = (None, None) if args.solutions else load_model(model_path, "--model", dtype, d.device)
+    if args.completer is None and generator is not None:
+        completer, tok = generator, gen_tok
+    else:
+        completer, tok = load_model(args.completer or model_path, "--completer" if args.completer else "--model",
+                                    dtype, d.device)
+    if gen_tok is not None:
+        same_tokenizer(gen_tok, tok, "the completer")
     labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag).tag)
     if args.solutions:
         units = read_solutions(args.solutions, task, args.skip_bad, labeler.stats)
@@ -810,24 +1033,37 @@ def cmd_label(args) -> int:
                 labeler.stats["skipped"] += 1
         units = fits
     else:
-        units = [(p, None) for p in task.load(args.split)[:args.limit]]
+        units = [(p, None) for p in task_problems(task, args.task, args.split)[:args.limit]]
     # the unit of work: --group consecutive problems (or input records), sampled and labeled in shared batches. A
     # unit's records depend on it alone, so resumes and torchrun shards give the single-process file byte for byte
     groups = [units[i:i + args.group] for i in range(0, len(units), args.group)]
     mine = groups[d.rank::d.world]  # a disjoint shard of units per rank
     shard = out if d.world == 1 else out.parent / f".{out.name}.rank{d.rank}-of-{d.world}"
-    prog = Progress(shard)
+    if args.solutions and Path(args.solutions).resolve() == out.resolve():
+        raise InputError(f"{out}: --out is the --solutions input; choose another --out")
+    if d.world > 1 and (out.is_dir() or (out.exists() and not (out.parent / f".{out.name}.progress").exists())):
+        raise InputError(f"{out}: --out exists and is not a label output; remove it or choose another --out")
+    settings = {k: getattr(args, k) for k in LABEL_SETTINGS}
+    settings.update(generator_digest=None if generator is None else checkpoint_digest(generator.source_dir),
+                    completer_digest=checkpoint_digest(completer.source_dir),
+                    input_digest=args.solutions and file_digest(args.solutions))
+    prog = Progress(shard, settings, args.restart)  # the first byte written: everything above is validation
     todo = [g for g in mine if g[0][0].id not in prog.done]
     if d.main and len(todo) < len(mine):
         print(f"resuming {out}: {len(mine) - len(todo)} of {len(mine)} units of {args.group} already labeled")
     t_work = time.time()
     bar = progress(total=sum(map(len, todo)), d=d, desc="label", unit="problem")
-    for group in todo:
-        sampled = labeler.sample_solutions([p for p, sols in group if sols is None])
-        sols = [s for p, given in group for s in (given if given is not None else sampled.get(p.id, []))]
-        prog.write(group[0][0].id, labeler.label(sols) if sols else [])
-        labeler.stats["problems"] += len(group)
-        bar.update(len(group))
+    try:
+        for group in todo:
+            sampled = labeler.sample_solutions([p for p, sols in group if sols is None])
+            sols = [s for p, given in group for s in (given if given is not None else sampled.get(p.id, []))]
+            prog.write(group[0][0].id, labeler.label(sols) if sols else [])
+            labeler.stats["problems"] += len(group)
+            bar.update(len(group))
+    except BaseException:
+        bar.close()  # the error then starts a line of its own
+        prog.close(remove=not prog.done)  # finished units are kept for the resume; an empty start is not
+        raise
     bar.close()
     prog.close()
     work_s = time.time() - t_work
@@ -844,7 +1080,12 @@ def cmd_label(args) -> int:
                 part = out.parent / f".{out.name}.rank{r}-of-{d.world}"
                 for line in part.read_text().splitlines(keepends=True):
                     by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
-            atomic_write(out, "".join("".join(by_unit.get(p.id, [])) for p, _ in units))
+            text, ends = "", []
+            for group in groups:  # the merged file gets the sidecar a single process would have left
+                text += "".join(line for p, _ in group for line in by_unit.get(p.id, []))
+                ends.append(json.dumps({"unit": group[0][0].id, "end": len(text.encode())}) + "\n")
+            atomic_write(out, text)
+            atomic_write(out.parent / f".{out.name}.progress", json.dumps({"settings": settings}) + "\n" + "".join(ends))
             for r in range(d.world):
                 part = out.parent / f".{out.name}.rank{r}-of-{d.world}"
                 part.unlink()
@@ -1054,30 +1295,40 @@ def cmd_verify(args) -> int:
     t0 = time.time()
     task = data.get_task(args.task)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    problems = task.load(args.split)[:args.limit]
+    problems = task_problems(task, args.task, args.split)[:args.limit]
     sol_file = out / "solutions.jsonl"
+    rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
+          [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
+    for name, path in rms:  # every reward model is checked before anything is written
+        prm_head(load_model(path, f"--{name[:3].lower()} {name}", check_only=True)[1], args.tag, args.good, args.bad)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out exists and is not a folder")
     if args.solutions:  # someone else's samples: records with problem_id (or question) and steps
         by_q = {p.question.strip(): p for p in problems}
         by_id = {p.id: p for p in problems}
         sols = {}
         for n, rec in read_jsonl(args.solutions):
             p = by_id.get(rec.get("problem_id")) or by_q.get(str(rec.get("question", "")).strip())
-            if p is not None and "steps" in rec:
-                sols.setdefault(p.id, []).append(rec["steps"])
+            if p is not None:
+                sols.setdefault(p.id, []).append(_steps(rec, "steps", f"{args.solutions}:{n}"))
         problems = [p for p in problems if p.id in sols]
+        if not problems:
+            raise InputError(f"{args.solutions}: no record's problem_id or question is one of the first {args.limit} "
+                             f"{args.task} {args.split} problems")
         sol_steps = {p.id: sols[p.id][:args.num_samples] for p in problems}
-    elif sol_file.exists() and json.loads((out / "config.json").read_text()).get("sampling") == sampling_key(args):
+        out.mkdir(parents=True, exist_ok=True)
+    elif sol_file.exists() and (out / "config.json").exists() and \
+            json.loads((out / "config.json").read_text()).get("sampling") == sampling_key(args):
         sol_steps = {}
         for _, rec in read_jsonl(sol_file):
             sol_steps.setdefault(rec["problem_id"], []).append(rec["steps"])
         print(f"reusing {sol_file}")
     else:  # sample S solutions per problem with the generator (seeds from ids: rerunning gives the same samples)
         from sampler import Sampler
-        gen = Transformer.from_pretrained(args.model or task.POLICY_DIR, dtype=dtype, device=device)
-        tok = Tokenizer(gen.source_dir)
+        gen, tok = load_model(args.model or task.POLICY_DIR, "--model", dtype, device)
+        out.mkdir(parents=True, exist_ok=True)
         sampler = Sampler(gen, max_batch=args.batch_size, max_len=gen.config.max_position_embeddings)
         sol_steps, lines = {}, []
         for p in progress(problems, desc="sample", unit="problem"):
@@ -1091,8 +1342,6 @@ def cmd_verify(args) -> int:
         atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")
         del gen, sampler
     # score every solution once per reward model (cached beside the solutions)
-    rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
-          [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
     scores, slips = {}, {}
     # where the task can make them: reference steps vs the same with an arithmetic slip (a check of step checking)
     pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
@@ -1103,13 +1352,14 @@ def cmd_verify(args) -> int:
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
             scores[name], slips[name] = (json.loads(cache.read_text())[k] for k in ("scores", "slips"))
             continue
-        rm = Transformer.from_pretrained(path, dtype=dtype, device=device)
-        tok = Tokenizer(rm.source_dir)
+        rm, tok = load_model(path, f"--{name[:3].lower()} {name}", dtype, device)
         head = prm_head(tok, args.tag, args.good, args.bad)
         flat = [(p.id, s) for p in problems for s in sol_steps[p.id]]
         question = {p.id: p.question for p in problems}
         texts = [rm_text(question[pid], s, args.rm_format) for pid, s in flat]
         got = score_solutions(rm, tok, head, texts, args.batch_size)
+        if not all(math.isfinite(x) for sc in got for x in sc):
+            raise InputError(f"{path}: the reward model's scores are not finite (NaN or inf in its weights?)")
         per = {}
         for (pid, _), sc in zip(flat, got):
             per.setdefault(pid, []).append(sc)
@@ -1233,7 +1483,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bad", default="-", help="token meaning 'it cannot' (' -' if one token, else '-')")
     t.add_argument("--eval-problems", type=COUNT, default=200, help="sft: greedy accuracy on this many test problems at the end")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=cmd_train)
 
     lab = sub.add_parser("label", help="automatic process annotation by Monte-Carlo completions (Math-Shepherd §3.3)",
@@ -1259,12 +1509,15 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and the quality report go beside it")
     lab.add_argument("--format", nargs="+", default=["records"], choices=["records", "math-shepherd", "stepwise"],
                      help="extra exports written beside --out")
-    lab.add_argument("--export-labels", choices=["hard", "soft"], default="hard", help="labels in the stepwise export")
+    lab.add_argument("--export-labels", choices=["hard", "soft", "soft-threshold"], default="hard",
+                     help="labels in the stepwise export (soft: floats, which TRL's int(label) reads as 0 below 1; "
+                          "soft-threshold: soft >= 0.5 as booleans)")
     lab.add_argument("--show", type=COUNT, default=0, metavar="K", help="print K worked examples")
     lab.add_argument("--skip-bad", action="store_true", help="count and skip bad input records instead of stopping")
+    lab.add_argument("--restart", action="store_true", help="start --out afresh instead of resuming it")
     lab.add_argument("--tag", default=data.STEP_TAG)
     lab.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    lab.add_argument("--device", default=None)
+    lab.add_argument("--device", type=device_arg, default=None)
     lab.set_defaults(func=cmd_label)
     v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, weighted voting",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -1290,9 +1543,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--bad", default="-")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    v.add_argument("--device", default=None)
+    v.add_argument("--device", type=device_arg, default=None)
     v.set_defaults(func=cmd_verify)
     return p
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+               errno.EISDIR}
 
 
 def run_cli(command, argv, on_interrupt: str) -> int:
@@ -1306,6 +1563,11 @@ def run_cli(command, argv, on_interrupt: str) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; {on_interrupt}", file=sys.stderr)
         return 130
+    except OSError as e:  # the disk is full, read-only or not ours: the user's to fix, not a bug
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename}: cannot write ({e.strerror})", file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:

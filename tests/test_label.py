@@ -113,11 +113,11 @@ def test_sigkill_and_resume_give_the_same_bytes(tmp_path):
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     side = tmp_path / ".cut.jsonl.progress"
     deadline = time.time() + 300
-    while time.time() < deadline and not (side.exists() and side.read_text().count("\n") >= 1):
+    while time.time() < deadline and not (side.exists() and side.read_text().count("\n") >= 2):  # settings + a unit
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = side.read_text().count("\n")
+    done = side.read_text().count("\n") - 1
     assert 1 <= done < 4, "the run was not killed in the middle"  # --group 1: a unit is one problem
     with open(cut, "ab") as f:  # and a torn half line, as a crash in mid-write would leave
         f.write(b'{"id": "syn-train-0')
@@ -139,8 +139,10 @@ def test_torchrun_two_processes_equal_one(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert two.read_bytes() == one.read_bytes()
+    assert (tmp_path / ".two.jsonl.progress").read_bytes() == (tmp_path / ".one.jsonl.progress").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["one.jsonl", "two.jsonl", ".one.jsonl.progress",
-                                                                 "one.quality.json", "two.quality.json"])
+                                                                 ".two.jsonl.progress", "one.quality.json",
+                                                                 "two.quality.json"])
 
 
 def test_export_formats_round_trip(tmp_path):
@@ -156,6 +158,13 @@ def test_export_formats_round_trip(tmp_path):
         sols = shepherd.read_solutions(str(path), synthetic, False, {"skipped": 0})
         assert [p.question for p, _ in sols] == [r["question"] for r in recs]
         assert [sol.steps for _, [sol] in sols] == [r["steps"] for r in recs]
+    trl = [json.loads(x) for x in shepherd.export(recs, "stepwise", "synthetic", "soft-threshold").splitlines()]
+    assert [x["labels"] for x in trl] == [[True, True], [False, False, False]]
+    assert [[int(y) for y in x["labels"]] for x in trl] == [[1, 1], [0, 0, 0]]  # TRL's cast keeps them
+    # a stepwise input whose completions carry their own 'Step k:' re-exports without doubling it
+    prefixed = [{**recs[0], "steps": ["Step 1: 2 + 3 = 5", "Step 2: The answer is: 5"]}]
+    ms = json.loads(shepherd.export(prefixed, "math-shepherd", "gsm8k", "hard"))
+    assert ms["input"] == "Tom has 2 + 3 apples? Step 1: 2 + 3 = 5 ки\nStep 2: The answer is: 5 ки" and ms["task"] == "GSM8K"
     assert json.loads((tmp_path / "math-shepherd.jsonl").read_text().splitlines()[1]) == {
         "input": "Ann - Ben? Step 1: 4 - 2 = 3 ки\nStep 2: 3 - 1 = 2 ки\nStep 3: The answer is: 2 ки",
         "label": "Ann - Ben? Step 1: 4 - 2 = 3 -\nStep 2: 3 - 1 = 2 -\nStep 3: The answer is: 2 -", "task": "synthetic",
@@ -180,7 +189,7 @@ def test_bad_input_is_one_line_with_file_line_and_field(tmp_path):
         '{"input": "Q Step 1: 1 + 1 = 2 ки", "label": "Q Step 1: 1 + 1 = 2 +"}\n{"input": ': "2: malformed JSON",
         '{"prompt": "Q", "completions": ["1 + 1 = 2"], "labels": [true]}\n': "1: field 'gold': no gold answer",
         '{"question": "Q", "steps": [], "gold": "2"}\n': "1: field 'steps': the solution has no steps",
-        '{"foo": 1}\n': "1: expected field 'input', 'prompt' or 'question'",
+        '{"foo": 1}\n': "1: expected fields input [+ label] (Math-Shepherd)",
         '{"question": "Q", "steps": ["1 + 1 = 2"], "gold": "2"}\n' + json.dumps(
             {"question": "Tom has 3 apples. " * 80, "steps": ["1 + 1 = 2"], "gold": "2"}) + "\n":
             "2: fields 'question' + steps: 490 tokens do not fit the completer's context (256)",

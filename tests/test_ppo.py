@@ -458,3 +458,22 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path, m
     calls.append(1)  # NaN in the very first iteration: there is no good checkpoint to point to
     with pytest.raises(SystemExit, match="non-finite rewards.*; no checkpoint was written yet$"):
         ppo.main(args(world, tmp_path / "run0", "--iterations", "3", "--save-every", "1"))
+
+
+def test_under_autocast_the_reference_computes_exactly_as_the_policy(world, tmp_path, monkeypatch):
+    """GPU precision on a CPU: bf16 autocast around every forward, as ppo.py runs on CUDA without FSDP. The reference
+    must be the policy's exact copy (fp32 weights, the same autocast), so the KL at iteration 0 is 0 to the bit (a
+    bf16 copy of the weights, the old setup, gives a spurious KL); the sampler samples from exactly pi_old."""
+    monkeypatch.setattr(ppo, "precision", lambda cfg, device: (torch.bfloat16, torch.autocast("cpu", dtype=torch.bfloat16)))
+    cfg = ppo.parse_args(args(world, tmp_path / "amp", "--temperature", "0.7"))
+    task, tok, head, M, _ = ppo.setup(cfg, shepherd.Dist())
+    assert next(M.ref.parameters()).dtype == next(M.policy.parameters()).dtype == torch.float32
+    rows = ppo.rollout(cfg, 0, task.load("train")[:8], M, Sampler(M.policy, max_batch=16), tok, head, task, ppo.Timer())
+    assert all(r["old_lp"] == r["ref_lp"] for r in rows)
+    # and the sampler runs under the same autocast: its log-probs are pi_old's (fp32 sampling is 1e-3 off)
+    assert max(abs(a - b) for r in rows for a, b in zip(r["sampler_lp"], r["old_lp"])) < 1e-5
+    bf16 = M.ref.to(torch.bfloat16)  # what a bf16 reference computes under the same autocast
+    g = ppo.make_grid([r["prompt"] for r in rows], [r["response"] for r in rows], M.pad_id, M.device)
+    with M.amp:
+        kl = (ppo.token_logprobs(M.policy, g, 0.7)[0] - ppo.token_logprobs(bf16, g, 0.7)[0])[g["mask"]]
+    assert kl.abs().max() > 1e-4
