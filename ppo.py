@@ -757,6 +757,9 @@ def summarize(rows: list[dict], g: dict) -> dict:
             "check/sampler_logprob_err": lp_err}  # the sampler's log-probs vs the training forward's: should be ~0
 
 
+OUTPUTS = ("checkpoint", "log.jsonl", "eval.json")  # what a run writes in --out
+
+
 def main(argv=None) -> int:
     return shepherd.run_cli(run, argv, "the same command resumes from the last checkpoint")
 
@@ -767,10 +770,12 @@ def run(argv=None) -> int:
     if cfg.batch_size % cfg.minibatch_size or cfg.minibatch_size % d.world or cfg.batch_size % d.world:
         raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size {cfg.minibatch_size}, "
                          f"itself a multiple of the world size {d.world}")
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not any((out / n).exists() for n in OUTPUTS)):
+        raise InputError(f"{out}: --out exists and is not a ppo.py output; choose another --out")
     torch.manual_seed(cfg.seed)  # nothing below draws from it; set for anything a future change might add
     task, tok, head, M, start = setup(cfg, d)
     resume = start > 0
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []

@@ -480,11 +480,22 @@ TRAIN_SETTINGS = ("objective", "model", "scratch_size", "task", "data", "labels"
 
 
 def open_log(path: Path, keep_until: int | None, key: str):
-    """A log.jsonl for appending: on resume cut back to the checkpoint's record[key] (a crash after it must not
-    leave records that the resumed run writes again); on a fresh start, emptied."""
-    lines = path.read_text().splitlines(keepends=True) if keep_until is not None and path.exists() else []
-    atomic_write(path, "".join(x for x in lines if json.loads(x)[key] <= keep_until))
-    return open(path, "a")
+    """A run's log.jsonl, locked (a second process writing the same run is refused) and, on resume, cut back to the
+    checkpoint's record[key] (a crash after it must not leave records that the resumed run writes again); on a
+    fresh start, emptied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise InputError(f"{path}: another process is writing this run") from None
+    f.seek(0)
+    lines = f.read().splitlines(keepends=True) if keep_until is not None else []
+    f.truncate(0)
+    f.write("".join(x for x in lines if json.loads(x)[key] <= keep_until))
+    f.flush()
+    return f
 
 
 def cmd_train(args) -> int:

@@ -158,6 +158,7 @@ CASES = [
     ("ppo-policy-missing", None, ["ppo", "--policy", "{dir}/nowhere", "--out", "{out}/p"], "--policy: {dir}/nowhere: not a checkpoint"),
     ("ppo-reward-model-no-tokenizer", None, ["ppo", "--reward-model", "{ck:no-tokenizer}", "--out", "{out}/p"],
      "{ck:no-tokenizer}: no tokenizer.json"),
+    ("ppo-out-foreign", "my notes\n", ["ppo", "--out", "{dir}/ppo-out-foreign"], "{dir}/ppo-out-foreign: --out exists and is not a ppo.py output"),
     ("ppo-reward-model-tokenizer", None, ["ppo", "--reward-model", "{ck:swapped}", "--iterations", "1", "--out", "{out}/p"],
      "{ck:swapped}: the reward model's tokenizer differs"),
 ]
@@ -301,7 +302,7 @@ def test_label_never_overwrites_a_foreign_file(tmp_path, capsys):
         assert out.read_text() == "my notes\n" and sorted(os.listdir(tmp_path)) == ["notes.jsonl"]
 
 
-def test_train_resume_refuses_other_settings(tmp_path, capsys, monkeypatch):
+def test_train_resume_refuses_other_settings_and_a_second_writer(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sft"
     args = ["train", "--num-examples", "64", "--batch-size", "8", "--steps", "4", "--eval-every", "2",
             "--eval-problems", "0", "--save-every", "2", "--out", str(out)]
@@ -321,6 +322,12 @@ def test_train_resume_refuses_other_settings(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "made with other settings (--lr 0.001 -> 0.0005)" in err[0] and "--restart" in err[0], err
     assert log.read_text() == saved  # untouched by the refusal
+    import fcntl
+    with open(log) as held:  # another process is training into the same --out
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert shepherd.main(args) == 2
+        assert "another process is writing this run" in capsys.readouterr().err
+    assert log.read_text() == saved
     assert shepherd.main(args) == 0  # the same settings resume: the log keeps steps <= 2, then 3 and 4
     assert [r["step"] for r in map(json.loads, log.read_text().splitlines())] == [0, 1, 2, 3, 4]
 
