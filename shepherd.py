@@ -377,12 +377,12 @@ def auc(scores: list[float], labels: list[float]) -> float:
     """Area under the ROC curve (labels thresholded at 0.5): P(score of a positive > score of a negative)."""
     pos = [s for s, y in zip(scores, labels) if y >= 0.5]
     neg = [s for s, y in zip(scores, labels) if y < 0.5]
-    if not pos or not neg:
+    if not pos or not neg or any(math.isnan(s) for s in scores):
         return float("nan")
     ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
     rank_sum, i = 0.0, 0
     while i < len(ranked):  # average ranks over ties
-        j = i
+        j = i + 1
         while j < len(ranked) and ranked[j][0] == ranked[i][0]:
             j += 1
         rank_sum += sum(1 for k in range(i, j) if ranked[k][1]) * (i + j + 1) / 2
@@ -613,6 +613,7 @@ def cmd_train(args) -> int:
         except SafetensorError as e:  # safetensors reports a full disk as its own error
             raise InputError(f"{out}: cannot write the checkpoint ({e})") from None
 
+    bar = None
     try:
         if step == 0 and held:  # where we start from, for comparison
             rec = {"step": 0, **evaluate()}
@@ -652,6 +653,8 @@ def cmd_train(args) -> int:
                 save(step + 1, final=False)
         save(args.steps, final=True)
     except BaseException:  # no checkpoint, no log: a run that saved nothing leaves nothing
+        if bar is not None:
+            bar.close()  # the error then starts a line of its own
         if log:
             log.close()
             if not state_file.exists():

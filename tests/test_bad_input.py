@@ -354,3 +354,18 @@ def test_a_hub_id_the_hub_cannot_provide_is_one_line(tmp_path):
     assert r.returncode == 2 and len(err) == 1, r.stderr
     assert err[0].startswith("error: --model: nobody-here/no-such-model: not a checkpoint folder, and the hub did not"), err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_nan_loss_at_step_0_names_no_checkpoint_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    real = shepherd.objective_loss
+
+    def nan_loss(*a, **kw):
+        loss, p, t = real(*a, **kw)
+        return loss * float("nan"), p, t
+
+    monkeypatch.setattr(shepherd, "objective_loss", nan_loss)
+    assert shepherd.main(["train", "--num-examples", "32", "--batch-size", "8", "--steps", "3", "--heldout", "0",
+                          "--eval-problems", "0", "--out", str(tmp_path / "m")]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not BAR.search(line)]
+    assert len(err) == 1 and "loss is nan at step 0" in err[0] and "no checkpoint was saved" in err[0], err
+    assert files_under(tmp_path) == []

@@ -1,5 +1,6 @@
 """shepherd.py train: the one training loop (sft / prm / orm), its resume, and the PRM positions."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,7 @@ def test_lr_schedule_and_auc():
     assert shepherd.auc([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0]) == 1.0
     assert shepherd.auc([0.1, 0.2, 0.8], [1, 0, 0]) == 0.0
     assert shepherd.auc([0.5, 0.5, 0.5, 0.9], [1, 0, 1, 0]) == pytest.approx(0.25)  # ties count half
+    assert math.isnan(shepherd.auc([float("nan"), 0.2, 0.8], [1, 0, 0]))  # NaN scores (it looped forever on them)
 
 
 @pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
