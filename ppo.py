@@ -124,12 +124,6 @@ def parse_args(argv=None) -> Config:
 NOT_ALGORITHM = {"out", "restart", "quiet", "device", "eval_every", "eval_problems", "test_problems", "save_every"}
 
 
-def changed_settings(saved: dict, cfg: Config) -> list[str]:
-    now = asdict(cfg)
-    return [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in now
-            if k not in NOT_ALGORITHM and saved.get(k) != now[k]]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The models: policy (trained), reference (frozen policy), reward model (frozen), value model (trained)
 
@@ -693,10 +687,7 @@ def setup(cfg: Config, d: Dist):
     resume = (ckpt / "trainer_state.pt").exists() and not cfg.restart
     if resume:
         saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)["config"]
-        diff = changed_settings(saved, cfg)
-        if diff:
-            raise InputError(f"{ckpt}: made with other settings ({'; '.join(diff)}); rerun with the same "
-                             f"ones to resume, or pass --restart (or a new --out) to start over")
+        shepherd.check_settings(ckpt, saved, {k: v for k, v in asdict(cfg).items() if k not in NOT_ALGORITHM})
     frozen, amp = precision(cfg, d.device)
 
     def load(path, dtype=torch.float32, value=False):  # one model at a time: under FSDP sharded as soon as loaded
@@ -716,8 +707,7 @@ def setup(cfg: Config, d: Dist):
     rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
     critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
     tok = Tokenizer(policy_dir)
-    if Tokenizer(rm_dir).tok.get_vocab() != tok.tok.get_vocab():
-        raise InputError(f"{rm_dir}: the reward model's tokenizer differs from the policy's; it must read the policy's tokens")
+    shepherd.same_tokenizer(tok, Tokenizer(rm_dir), "the reward model")  # it reads the policy's tokens
     head = PRMHead.from_tokenizer(tok)
     # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
     pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, *head.tag) else 0

@@ -109,6 +109,15 @@ def task_problems(task, name: str, split: str) -> list[data.Problem]:
         raise InputError(str(e)) from None
 
 
+def check_settings(path, saved: dict | None, now: dict, flag=lambda k: "--" + k.replace("_", "-")):
+    """A resume of `path` continues only the run that made it: any setting changed is named, old -> new."""
+    changed = ["the settings are not recorded"] if saved is None else \
+        [f"{flag(k)} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if changed:
+        raise InputError(f"{path}: made with other settings ({'; '.join(changed)}); rerun with the same ones to "
+                         f"resume, or pass --restart (or a new --out) to start over")
+
+
 def same_tokenizer(a: Tokenizer, b: Tokenizer, what: str):
     """Two models that read each other's tokens (generator and completer, policy and reward model)."""
     if a.tok.get_vocab() != b.tok.get_vocab() or (a.prefix, a.suffix) != (b.prefix, b.suffix):
@@ -553,11 +562,7 @@ def cmd_train(args) -> int:
     step = 0
     if resume:
         st = torch.load(state_file, map_location="cpu", weights_only=True)
-        changed = [f"--{k.replace('_', '-')} {st.get('settings', {}).get(k)!r} -> {v!r}" for k, v in settings.items()
-                   if st.get("settings", {}).get(k) != v]
-        if changed:
-            raise InputError(f"{state_file}: made with other settings ({'; '.join(changed)}); rerun with the same "
-                             f"ones to resume, or pass --restart (or a new --out) to start over")
+        check_settings(state_file, st.get("settings"), settings)
         opt.load_state_dict(st["optimizer"])
         step = int(st["step"])
         if d.main:
@@ -890,12 +895,7 @@ class Progress:
         saved = json.loads(lines[0]).get("settings") if lines and lines[0].startswith('{"settings"') else None
         self.done, end = {}, 0
         if lines and not restart and path.exists():
-            changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v] \
-                if saved is not None else ["the settings are not recorded"]
-            if changed:
-                self.fside.close()
-                raise InputError(f"{path}: made with other settings ({'; '.join(changed)}); rerun with the same ones "
-                                 f"to resume, or pass --restart (or a new --out) to start over")
+            check_settings(path, saved, settings, flag=lambda k: f"{k}:")  # not all are flags (the digests)
             for line in lines[1:]:
                 try:
                     entry = json.loads(line)
