@@ -52,7 +52,7 @@ class Sizes:
     ppo_minibatch: int = 32
     eval_problems: int = 500  # PPO's held-out (val) greedy accuracy
     test_problems: int = 500  # greedy test accuracy of SFT and of each PPO policy
-    capacity: tuple = (0.25, 0.5)  # label fractions of the capacity curve (first seed; () skips it)
+    capacity: tuple = (0.25, 0.5, 2.0)  # label fractions of the capacity curve (first seed; () skips it)
 
 
 QUICK = Sizes(label_problems=40, solutions=4, completions=4, rm_steps=40, verify_problems=30, samples=16, subsets=20,
@@ -76,9 +76,12 @@ def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str, first:
                             "--model", base, "--steps", str(steps), "--batch-size", str(z.rm_batch),
                             "--lr", str(z.rm_lr), "--warmup", str(max(1, steps // 20)), "--eval-every", str(steps),
                             "--heldout", "0.05", "--out", str(d / name), *common], ("label",))
-    stages = [Stage("label", ["shepherd.py", "label", "--split", "train", "--limit", str(z.label_problems),
-                              "--num-solutions", str(z.solutions), "--num-completions", str(z.completions),
-                              "--max-new-tokens", "96", "--model", policy, "--out", labels, *common]),
+
+    def label(name, problems):
+        return Stage(name, ["shepherd.py", "label", "--split", "train", "--limit", str(problems), "--num-solutions",
+                            str(z.solutions), "--num-completions", str(z.completions), "--max-new-tokens", "96",
+                            "--model", policy, "--out", str(d / name / "labels.jsonl"), *common])
+    stages = [label("label", z.label_problems),
               train("prm_hard", "prm", "hard", verifier, labels, z.rm_steps),
               train("prm_soft", "prm", "soft", verifier, labels, z.rm_steps),
               train("orm", "orm", "hard", verifier, labels, z.rm_steps)]
@@ -97,31 +100,42 @@ def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str, first:
             "--minibatch-size", str(z.ppo_minibatch), "--micro-batch", str(min(16, z.ppo_minibatch)),
             "--eval-problems", str(z.eval_problems), "--test-problems", str(z.test_problems),
             "--quiet", "--out", str(d / f"ppo_{reward}"), *common], (rm,)))
-    if first and z.capacity:  # the capacity curve: fewer labels, and a weaker base (the policy itself)
+    if first and z.capacity:  # the capacity curve: other label counts, and a weaker base (the policy itself)
         extra, after = [], []
+        if max(z.capacity) > 1:  # more labels than Table 1's: label more problems (the first ones again, same seeds)
+            stages.append(label("label_more", more_problems(z)))
         # (name, base, labels, steps): a fraction of the labels (steps scaled with it), then the policy as the base
         points = [(f"{int(f * 100)}%", verifier, str(d / "label" / f"labels.{int(f * 100)}.jsonl"),
                    max(1, int(z.rm_steps * f))) for f in z.capacity] + [("policy", policy, labels, z.rm_steps)]
-        for label, base, data_file, steps in points:
-            for objective, flag, name in (("prm", "--prm", f"hard-{label}"), ("orm", "--orm", label)):
-                s = train(f"{objective}@{label}", objective, "hard", base, data_file, steps)
+        for point, base, data_file, steps in points:
+            for objective, kind, flag, name in (("prm", "hard", "--prm", f"hard-{point}"),
+                                                ("prm_soft", "soft", "--prm", f"soft-{point}"),
+                                                ("orm", "hard", "--orm", point)):
+                s = train(f"{objective}@{point}", objective[:3], kind, base, data_file, steps)
                 s.after = ("label_parts",) if base == verifier else ("label",)
                 stages.append(s)
                 after.append(s.name)
                 extra += [flag, f"{name}={d / s.name}"]
-        # the same test solutions as Table 1's, scored by the smaller recipes
+        # the same test solutions as Table 1's, scored by the other recipes
         cap = [a if a != str(d / "verify") else str(d / "capacity") for a in verify]
         stages.append(Stage("capacity", cap + ["--solutions", str(d / "verify" / "solutions.jsonl"), *extra],
                             ("samples", *after)))
     return stages
 
 
+def more_problems(z: Sizes) -> int:
+    return max(1, int(z.label_problems * max(z.capacity)))
+
+
 def write_label_parts(d: Path, z: Sizes):
-    """The first fraction of the labeled problems, for the capacity curve's smaller label sets."""
-    lines = (d / "label" / "labels.jsonl").read_text().splitlines(keepends=True)
-    problems = list(dict.fromkeys(json.loads(x)["problem_id"] for x in lines))
+    """The capacity curve's label sets: the first fraction of the labeled problems (of label_more's for a fraction
+    above 1, whose first label_problems problems are Table 1's, labeled again with the same seeds)."""
+    def lines_of(folder):
+        lines = (d / folder / "labels.jsonl").read_text().splitlines(keepends=True)
+        return lines, list(dict.fromkeys(json.loads(x)["problem_id"] for x in lines))
     for frac in z.capacity:
-        keep = set(problems[:max(1, int(len(problems) * frac))])
+        lines, problems = lines_of("label_more" if frac > 1 else "label")
+        keep = set(problems[:max(1, int(z.label_problems * frac))])
         atomic_write(d / "label" / f"labels.{int(frac * 100)}.jsonl",
                      "".join(x for x in lines if json.loads(x)["problem_id"] in keep))
 
@@ -151,10 +165,11 @@ def run_all(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, j
     for k, seed in enumerate(seeds):
         d = out / f"seed{seed}"
         d.mkdir(parents=True, exist_ok=True)
+        if k == 0 and z.capacity:  # first: the scan below runs it, in-process, before the stages that need it
+            todo[(d, "label_parts")] = Stage("label_parts", [], ("label", "label_more") if max(z.capacity) > 1
+                                             else ("label",))
         for s in seed_stages(d, seed, z, policy, verifier, first=k == 0):
             todo[(d, s.name)] = s
-        if k == 0 and z.capacity:
-            todo[(d, "label_parts")] = Stage("label_parts", [], ("label",))
     done = {key for key in todo if (key[0] / f"{key[1]}.done").exists()}
     bar.reset(total=len(todo))
     bar.update(len(done))
@@ -260,16 +275,15 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, ar
     if z.capacity:
         cap = json.loads((dirs[0] / "capacity" / "results.json").read_text())
         n_max, rows = ns[-1], []
-        points = [(f"{int(f * 100)}%", "verifier base", f"{int(f * 100)}%") for f in sorted(z.capacity)] + \
-                 [("", "verifier base", "100%"), ("policy", "the policy", "100%")]
-        for suffix, base, share in points:
+        points = sorted([(f, f"{int(f * 100)}%", "verifier base") for f in z.capacity] + [(1, "", "verifier base")])
+        for f, suffix, base in points + [(1, "policy", "the policy")]:
             r = res[0] if suffix == "" else cap
-            for kind in ("PRM-hard", "ORM"):
+            for kind in ("PRM-hard", "PRM-soft", "ORM"):
                 name = f"{kind}-{suffix}" if suffix else kind
                 key = name + "-min" if kind.startswith("PRM") else name
                 dg = r["diagnostics"][name]
-                rows.append([kind, base, share, f"{dg.get('slip_auc', float('nan')):.3f}", f"{dg['within_auc']:.3f}",
-                             f"{r['curve'][n_max][key]['mean']:.3f}"])
+                rows.append([kind, base, f"{int(f * 100)}%", f"{dg.get('slip_auc', float('nan')):.3f}",
+                             f"{dg['within_auc']:.3f}", f"{r['curve'][n_max][key]['mean']:.3f}"])
         md.append(f"\n## Verifier capacity (seed {seeds[0]}): base and label count -> within-problem AUC -> "
                   f"best-of-{n_max}\n\nblind at N = {n_max}: {res[0]['curve'][n_max]['blind']['mean']:.3f}, "
                   f"SC: {res[0]['curve'][n_max]['SC']['mean']:.3f}.\n\n")
@@ -344,8 +358,6 @@ def figures(out: Path, seeds: list[int], z: Sizes, policy: str):
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in (res[0], cap):
             for name, dg in r["diagnostics"].items():
-                if name in ("PRM-soft",):
-                    continue
                 key = name + "-min" if name.startswith("PRM") else name
                 ax.plot(dg["within_auc"], r["curve"][n][key]["mean"], "o" if name.startswith("PRM") else "s")
                 ax.annotate(name, (dg["within_auc"], r["curve"][n][key]["mean"]), fontsize=7)

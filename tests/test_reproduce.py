@@ -13,7 +13,7 @@ import reproduce  # noqa: E402
 
 TINY = ["label_problems=3", "solutions=2", "completions=2", "rm_steps=2", "rm_batch=4", "verify_problems=3",
         "samples=4", "subsets=2", "ppo_iterations=1", "ppo_batch=4", "ppo_minibatch=4", "eval_problems=4",
-        "test_problems=4", "capacity=0.5"]
+        "test_problems=4", "capacity=2"]
 
 
 @pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
@@ -28,11 +28,16 @@ def test_tiny_reproduction_writes_every_table_and_resumes(tmp_path, monkeypatch)
         assert heading in md, heading
     for row in ("| 4 |", "| SFT (the policy) |", "| ORM-PPO |", "| step-by-step PPO (PRM-hard) |",
                 "| step-by-step PPO, exact step truth as the PRM (oracle) |", "| PRM-hard |",
-                "| PRM-hard | verifier base | 50% |", "| ORM | the policy | 100% |"):
+                "| PRM-hard | verifier base | 200% |", "| PRM-soft | verifier base | 200% |",
+                "| ORM | the policy | 100% |"):
         assert row in md, row
-    # 9 stages per seed, and the capacity curve's 6 (label_parts, PRM and ORM on half the labels and on the policy,
-    # their verify)
-    assert len(list((out / "seed0").glob("*.done"))) == 15
+    # 9 stages per seed, and the capacity curve's 9: label_more (twice the problems), label_parts, PRM-hard, PRM-soft
+    # and ORM on twice the labels and on the policy, their verify
+    assert len(list((out / "seed0").glob("*.done"))) == 18
+    # label_more labels Table 1's problems again, with the same seeds: the same records, then more
+    rows = lambda f: [json.loads(x) for x in f.read_text().splitlines()]  # noqa: E731
+    table1, more = rows(out / "seed0" / "label" / "labels.jsonl"), rows(out / "seed0" / "label_more" / "labels.jsonl")
+    assert len({r["problem_id"] for r in more}) == 6 and more[:len(table1)] == table1
     done = {p: p.read_text() for p in out.glob("seed*/*.done")}
     assert all(json.loads(t).get("wall_s", 0) >= 0 for t in done.values())
     # a rerun: no stage runs again, and the report is the same
