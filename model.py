@@ -611,13 +611,14 @@ class PRMHead:
     tag: tuple[int, ...]  # the tag's token ids (an int is a one-token tag)
     good_id: int
     bad_id: int
+    text: str = "ки"  # the tag as written (data.to_model_tag writes a file's " ки" as it)
 
     def __post_init__(self):
         object.__setattr__(self, "tag", (self.tag,) if isinstance(self.tag, int) else tuple(self.tag))
 
     @classmethod
     def from_tokenizer(cls, tok: Tokenizer, tag="ки", good="+", bad="-") -> "PRMHead":
-        head = cls(tok.tag_tokens(tag), label_token(tok, good), label_token(tok, bad))
+        head = cls(tok.tag_tokens(tag), label_token(tok, good), label_token(tok, bad), tag)
         if head.good_id == head.bad_id:
             raise ValueError(f"{good!r} and {bad!r}: expected two different tokens; both are {head.good_id}")
         return head

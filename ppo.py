@@ -51,6 +51,7 @@ def opt(default, help: str):
 @dataclass
 class Config:
     task: str = opt("synthetic", "task (data.TASKS): the prompts and the grader")
+    tag: str = opt(data.STEP_TAG, "the step tag the policy writes and the reward model reads (one token or several)")
     policy: str = opt("", "SFT policy checkpoint (default: the synthetic world's tiny policy); also the frozen reference")
     reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); orm: one outcome score at the "
                              "end; truth: exact step labels as p(+), an oracle PRM (tasks with step_truth: diagnosis)")
@@ -164,7 +165,7 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
     wb = next(Path(base).glob("model*.safetensors*"))
     key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, Path(base).resolve(),
-                   wb.stat().st_size, wb.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps)
+                   wb.stat().st_size, wb.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps, cfg.tag)
     cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"  # one per policy, not per seed
     kind = "orm" if cfg.reward == "orm" else "prm"  # truth: the PRM still starts the critic
     path = cache / kind
@@ -173,12 +174,13 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
             print(f"building the {kind.upper()} in {path} (once; cached)", flush=True)
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # one labeling serves the PRM and the ORM
         rc = 0 if done.exists() else shepherd.main(
-            ["label", "--model", policy_dir, "--limit", str(cfg.rm_problems), "--num-solutions", "4", "--num-completions",
-             "4", "--max-new-tokens", "96", "--seed", "0", "--out", str(labels)])  # resumable
+            ["label", "--model", policy_dir, "--tag", cfg.tag, "--limit", str(cfg.rm_problems), "--num-solutions", "4",
+             "--num-completions", "4", "--max-new-tokens", "96", "--seed", "0", "--out", str(labels)])  # resumable
         if rc == 0 and d.main:
             done.touch()
-        rc = rc or shepherd.main(["train", "--objective", kind, "--data", str(labels), "--model", base,
-                                  "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32", "--lr", "5e-4",
+        rc = rc or shepherd.main(["train", "--objective", kind, "--tag", cfg.tag, "--data", str(labels), "--model",
+                                  base, "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32",
+                                  "--lr", "5e-4",
                                   "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", "0"])
         if rc:
             raise RuntimeError(f"building the reward model in {path} failed (exit code {rc})")
@@ -283,6 +285,11 @@ def response_steps(tokens: list[int], tag, stopped: bool, decode) -> list[tuple[
     if first < end and decode(tokens[first:end]).strip():
         steps.append((first, end - 1))
     return steps
+
+
+def response_text(tok: Tokenizer, head: PRMHead, ids) -> str:
+    """What the policy wrote, in the format graders and step truth read (its own --tag written back as ки)."""
+    return data.from_model_tag(tok.decode(ids), head.text)
 
 
 def end_mask(steps: list[list[tuple[int, int]]], shape) -> torch.Tensor:
@@ -426,19 +433,20 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
     """This rank's problems -> one response each, with per-token old/ref log-probs, values and reward-model score.
     Row seeds derive from (seed, iteration, problem id): the same rollouts on any number of ranks, and on resume."""
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
+    decode = lambda ids: response_text(tok, head, ids)  # noqa: E731
     with timer("generate"), full_params(M.policy, cfg), M.amp:  # sampled as pi_old is computed: same precision
         outs = sampler.generate(prompts, sampler.room(prompts, cfg.max_new_tokens), temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
     responses = [o.tokens for o in outs]
-    steps = [response_steps(o.tokens, head.tag, o.finish_reason == "stop", tok.decode) for o in outs]
+    steps = [response_steps(o.tokens, head.tag, o.finish_reason == "stop", decode) for o in outs]
     with timer("score"), M.amp:
         g = make_grid(prompts, responses, M.pad_id, M.device)
         # pi_old by the SAME forward the update runs (not the sampler's cached decode): the first ratio is exactly 1
         old_lp, _ = token_logprobs(M.policy, g, cfg.temperature)
         ref_lp, _ = token_logprobs(M.ref, g, cfg.temperature)
         values = grid_values(M.critic, g)
-        texts = [tok.decode(r) for r in responses]
+        texts = [decode(r) for r in responses]
         if cfg.reward == "truth":
-            p_end = oracle_step_probs(task, problems, responses, steps, tok.decode, M.device)
+            p_end = oracle_step_probs(task, problems, responses, steps, decode, M.device)
         else:  # the reward model reads the policy's own tokens (same tokenizer)
             p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
@@ -448,7 +456,7 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
     truth = hasattr(task, "step_truth")
     rows = []
     for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
-        n, texts_b = len(o.tokens), [" ".join(data.split_steps(tok.decode(o.tokens[f:l + 1]))) for f, l in steps[b]]
+        n, texts_b = len(o.tokens), [" ".join(data.split_steps(decode(o.tokens[f:l + 1]))) for f, l in steps[b]]
         rows.append({"prompt": prompts[b], "response": o.tokens, "old_lp": old_lp[b, :n].tolist(),
                      "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(), "score": score[b, :n].tolist(),
                      "sampler_lp": o.sampling_logprobs, "finish": o.finish_reason, "answered": bool(answered[b]),
@@ -571,7 +579,7 @@ def greedy_accuracy(cfg: Config, M, sampler: Sampler, tok: Tokenizer, task, prob
     """shepherd.evaluate_policy's greedy accuracy, problems split over ranks and the counts summed."""
     mine = problems[d.rank::d.world]
     with full_params(M.policy, cfg):
-        res = shepherd.evaluate_policy(M.policy, tok, task, mine, cfg.max_new_tokens, sampler=sampler)
+        res = shepherd.evaluate_policy(M.policy, tok, task, mine, cfg.max_new_tokens, sampler=sampler, tag=cfg.tag)
     right = torch.tensor(res["accuracy"] * len(mine))
     if d.world > 1:
         right = right.to(M.device)
@@ -708,7 +716,7 @@ def setup(cfg: Config, d: Dist):
     critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
     tok = Tokenizer(policy_dir)
     shepherd.same_tokenizer(tok, Tokenizer(rm_dir), "the reward model")  # it reads the policy's tokens
-    head = PRMHead.from_tokenizer(tok)
+    head = shepherd.prm_head(tok, cfg.tag)
     # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
     pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, *head.tag) else 0
     assert pad_id not in (tok.eos_id, *head.tag)

@@ -318,7 +318,7 @@ def encode_sft(tok: Tokenizer, prompt: str, response: str) -> Example:
 
 
 def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str, where: str = "") -> Example:
-    ids = tok.encode(ex.text)
+    ids = tok.encode(data.to_model_tag(ex.text, head.text))
     tags = tag_positions(ids, head.tag)  # where step_scores will read them
     if len(tags) != len(ex.labels):
         raise InputError(f"{where or ex.id}: {len(ex.labels)} labels but {len(tags)} step tags after tokenization")
@@ -444,7 +444,7 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
             if not hasattr(task, "sft_records"):
                 raise InputError(f"task {args.task!r} has no SFT records; pass --data FILE with prompt/response")
             rows = [(f"{args.task}-sft-{i}", r) for i, r in enumerate(task.sft_records("train", args.num_examples))]
-        return [(i, encode_sft(tok, r["prompt"], r["response"])) for i, r in rows]
+        return [(i, encode_sft(tok, r["prompt"], data.to_model_tag(r["response"], args.tag))) for i, r in rows]
     if not args.data:
         raise InputError(f"--objective {args.objective} needs --data FILE (label records, Math-Shepherd or stepwise)")
     exs = read_step_examples(args.data, args.labels)
@@ -453,15 +453,15 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
 
 
 def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list, max_new_tokens: int = 192,
-                    batch_size: int = 64, sampler=None) -> dict:
+                    batch_size: int = 64, sampler=None, tag: str = data.STEP_TAG) -> dict:
     """Greedy accuracy on problems; where the task knows the step truth, also where solutions first go wrong and
     the share of outcome-correct solutions that contain a false step (the false positives an ORM cannot see).
-    `sampler`: one already built on `model` (ppo.py reuses its own)."""
+    `sampler`: one already built on `model` (ppo.py reuses its own); `tag`: the step tag the model writes."""
     from sampler import Sampler
     sampler = sampler or Sampler(model, max_batch=batch_size, max_len=model.config.max_position_embeddings)
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
     outs = sampler.generate(prompts, sampler.room(prompts, max_new_tokens), temperature=0.0)
-    texts = [tok.decode(o.tokens) for o in outs]
+    texts = [data.from_model_tag(tok.decode(o.tokens), tag) for o in outs]
     correct = [task.grade(t, p.answer) for t, p in zip(texts, problems)]
     res = {"problems": len(problems), "accuracy": sum(correct) / max(1, len(problems))}
     if hasattr(task, "step_truth"):
@@ -674,7 +674,7 @@ def cmd_train(args) -> int:
         print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, {time.time() - t0:.0f}s)")
         if args.objective == "sft" and args.eval_problems:
             task = data.get_task(args.task)
-            res = evaluate_policy(raw.eval(), tok, task, task.load("test")[:args.eval_problems])
+            res = evaluate_policy(raw.eval(), tok, task, task.load("test")[:args.eval_problems], tag=args.tag)
             print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
             atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
     return 0
@@ -707,14 +707,15 @@ class Solution:
         return f"{self.problem.id}/{self.index}"
 
 
-def solution_tokens(tok: Tokenizer, sol: Solution, tag: tuple[int, ...]) -> tuple[list[int], list[int]]:
+def solution_tokens(tok: Tokenizer, sol: Solution, head: PRMHead) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) of a solution, the response cut after its last tag (EOS and trailing text off)."""
     prompt = tok.encode(data.format_prompt(sol.problem.question))
     resp = sol.tokens
     if resp is None:  # a solution read from a file: tokenise prompt + steps together, as the policy would write it
-        full = tok.encode(data.format_prompt(sol.problem.question) + data.join_steps(sol.steps))
-        resp = full[len(prompt):] if full[:len(prompt)] == prompt else tok.encode(data.join_steps(sol.steps), bos=False)
-    ends = tag_positions(resp, tag)
+        steps = data.to_model_tag(data.join_steps(sol.steps), head.text)
+        full = tok.encode(data.format_prompt(sol.problem.question) + steps)
+        resp = full[len(prompt):] if full[:len(prompt)] == prompt else tok.encode(steps, bos=False)
+    ends = tag_positions(resp, head.tag)
     return prompt, resp[:ends[-1] + 1] if ends else resp
 
 
@@ -722,9 +723,9 @@ class Labeler:
     """Labels the solutions of one problem at a time: a fixed unit of work, so results never depend on what else
     shares a run (resume and torchrun shards give byte-identical records)."""
 
-    def __init__(self, args, task, generator, completer, tok: Tokenizer, tag: tuple[int, ...]):
+    def __init__(self, args, task, generator, completer, tok: Tokenizer, head: PRMHead):
         from sampler import Sampler
-        self.args, self.task, self.tok, self.tag = args, task, tok, tag  # tag: its token ids (Tokenizer.tag_tokens)
+        self.args, self.task, self.tok, self.head = args, task, tok, head  # the step tag, as written and as ids
         self.comp = Sampler(completer, max_batch=args.batch_size, max_len=completer.config.max_position_embeddings)
         self.gen = None if generator is None else self.comp if generator is completer else \
             Sampler(generator, max_batch=args.batch_size, max_len=generator.config.max_position_embeddings)
@@ -749,8 +750,8 @@ class Labeler:
         for k, o in enumerate(outs):
             problem, j = problems[k // n], k % n
             self.stats["generated_tokens"] += len(o.tokens)
-            steps = data.split_steps(tok.decode(o.tokens))
-            ends = tag_positions(o.tokens, self.tag)
+            steps = data.split_steps(data.from_model_tag(tok.decode(o.tokens), self.head.text))
+            ends = tag_positions(o.tokens, self.head.tag)
             if not steps or len(ends) != len(steps):  # no tagged step at all, or text after the last tag
                 steps = steps[:len(ends)]
             if not steps:
@@ -762,7 +763,7 @@ class Labeler:
     def check_fits(self, sol: Solution, prompt=None, resp=None):
         """A solution whose prompt + steps leave no room in the completer's context is bad input."""
         if prompt is None:
-            prompt, resp = solution_tokens(self.tok, sol, self.tag)
+            prompt, resp = solution_tokens(self.tok, sol, self.head)
         ctx = self.comp.model.config.max_position_embeddings
         if len(prompt) + len(resp) >= ctx:
             where = sol.problem.meta.get("where", sol.id)
@@ -774,11 +775,11 @@ class Labeler:
         a, tok = self.args, self.tok
         seqs, prompt_lens, forks, seeds = [], [], [], []
         for s, sol in enumerate(sols):
-            prompt, resp = solution_tokens(tok, sol, self.tag)
+            prompt, resp = solution_tokens(tok, sol, self.head)
             prompt_lens.append(len(prompt))
             self.check_fits(sol, prompt, resp)
             seqs.append(prompt + resp)
-            for k, end in enumerate(tag_positions(resp, self.tag)[:-1]):  # the last step needs no rollouts
+            for k, end in enumerate(tag_positions(resp, self.head.tag)[:-1]):  # the last step needs no rollouts
                 forks.append((s, len(prompt) + end + 1, k))
                 seeds.append(seed_for(a.seed, sol.id, k, "rollouts"))  # the sampler derives one per completion
         ctx = self.comp.model.config.max_position_embeddings
@@ -792,7 +793,7 @@ class Labeler:
         for (s, t, k), group in zip(forks, outs):
             for o in group:
                 self.stats["generated_tokens"] += len(o.tokens)
-                text = tok.decode(seqs[s][prompt_lens[s]:t] + o.tokens)  # the solution so far + this completion
+                text = data.from_model_tag(tok.decode(seqs[s][prompt_lens[s]:t] + o.tokens), self.head.text)
                 answers[s][k].append(self.task.extract_answer(text))
                 correct[s][k].append(self.task.grade(text, sols[s].problem.answer))
         records = []
@@ -1033,7 +1034,7 @@ def cmd_label(args) -> int:
                                     dtype, d.device)
     if gen_tok is not None:
         same_tokenizer(gen_tok, tok, "the completer")
-    labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag).tag)
+    labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag))
     if args.solutions:
         units = read_solutions(args.solutions, task, args.skip_bad, labeler.stats)
         fits = []
@@ -1194,7 +1195,8 @@ def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: li
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
     for i in progress(range(0, len(order), batch_size), desc="score", leave=False):
         idx = order[i:i + batch_size]
-        ids = [tok.encode(texts[j])[:model.config.max_position_embeddings] for j in idx]
+        ids = [tok.encode(data.to_model_tag(texts[j], head.text))[:model.config.max_position_embeddings]
+               for j in idx]
         batch = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long)
         for b, x in enumerate(ids):
             batch[b, :len(x)] = torch.tensor(x)
@@ -1350,7 +1352,7 @@ def cmd_verify(args) -> int:
             outs = sampler.generate([prompt] * args.num_samples, sampler.room([prompt], args.max_new_tokens)[0],
                                     temperature=args.temperature,
                                     seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
-            sol_steps[p.id] = [data.split_steps(tok.decode(o.tokens)) for o in outs]
+            sol_steps[p.id] = [data.split_steps(data.from_model_tag(tok.decode(o.tokens), args.tag)) for o in outs]
             lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n" for j, s in enumerate(sol_steps[p.id])]
         atomic_write(sol_file, "".join(lines))
         atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")

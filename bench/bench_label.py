@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import data  # noqa: E402
 import shepherd  # noqa: E402
 from bench_sampler import paired_times, table  # noqa: E402
-from model import Tokenizer, Transformer, tag_positions  # noqa: E402
+from model import PRMHead, Tokenizer, Transformer, tag_positions  # noqa: E402
 
 
 def labeler_args(args) -> SimpleNamespace:
@@ -66,7 +66,7 @@ def step_prefixes(tok, sols, tag):
     out = []
     for sol in sols:
         prompt, resp = shepherd.solution_tokens(tok, sol, tag)
-        for end in tag_positions(resp, tag)[:-1]:
+        for end in tag_positions(resp, tag.tag)[:-1]:
             out.append(((prompt + resp)[:len(prompt) + end + 1], len(prompt), sol.problem.answer))
     return out
 
@@ -179,7 +179,7 @@ def main():
     ours = Transformer.from_pretrained(folder, device=args.device)
     hf = transformers.MistralForCausalLM.from_pretrained(folder, attn_implementation="sdpa").to(args.device).eval()
     tok = Tokenizer(folder)
-    tag = tok.tag_tokens(data.STEP_TAG)
+    tag = PRMHead.from_tokenizer(tok)  # the step tag, as written and as ids
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "solutions.jsonl"
         write_solutions(args, task, ours, tok, tag, path)

@@ -61,6 +61,18 @@ def split_steps(solution: str) -> list[str]:
     return [s for s in steps if s]
 
 
+def to_model_tag(text: str, tag: str) -> str:
+    """Files and graders speak Math-Shepherd's tag: a step ends with ' ки' (join_steps). A model trained with another
+    tag (--tag) reads and writes its own: this writes every step end's ' ки' as ' ' + tag, before encoding."""
+    return text if tag == STEP_TAG else re.sub(f" {STEP_TAG}(?=\n|$)", lambda m: " " + tag, text)
+
+
+def from_model_tag(text: str, tag: str) -> str:
+    """A model's text, after decoding, in Math-Shepherd's format: every `tag` (each one ends a step, as
+    model.tag_positions reads them) becomes ки."""
+    return text if tag == STEP_TAG else text.replace(tag, STEP_TAG)
+
+
 def answer_from_text(text: str) -> str | None:
     """The text after the LAST 'The answer is:' up to the next step tag (or the end), or None.
 

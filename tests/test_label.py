@@ -33,29 +33,35 @@ def test_hard_and_soft_estimation_by_hand():
 class ScriptedCompleter:
     """Stands in for the sampler: the k-th step's completions end with scripted final answers."""
 
-    def __init__(self, tok, script):
-        self.tok, self.script, self.calls = tok, script, []
+    def __init__(self, tok, script, tag=data.STEP_TAG):
+        self.tok, self.script, self.calls, self.tag = tok, script, [], tag
         self.model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
 
     def fork(self, seqs, forks, max_new_tokens, num_samples, **kw):
         self.calls.append(forks)
         out = []
         for k, _ in enumerate(forks):
-            out.append([Completion(self.tok.encode(f"\nThe answer is: {a} ки", bos=False), [], [], "stop")
+            out.append([Completion(self.tok.encode(f"\nThe answer is: {a} {self.tag}", bos=False), [], [], "stop")
                         for a in self.script[k]])
         return out
 
 
-def test_labels_from_a_scripted_completer(tmp_path):
+@pytest.mark.parametrize("tag", [data.STEP_TAG, "<step>"])
+def test_labels_from_a_scripted_completer(tmp_path, tag):
+    """Also with a tag of the model's own (--tag <step>, an added token here): the solution, read in Math-Shepherd's
+    format, is written with it for the completer, and the completions, written with it, are graded with ки in its
+    place."""
     synthetic.build_tokenizer(tmp_path)
     tok = Tokenizer(tmp_path)
+    if tag != data.STEP_TAG:
+        tok.add_token(tag)
     problem = data.Problem("p0", "Tom has 3 boxes with 4 apples in each. He loses 5 apples. How many apples does he have now?",
                            "7", {"ops": [["*", "q0", "q1"], ["-", "v0", "q2"]], "quantities": [3, 4, 5]})
     sol = shepherd.Solution(problem, 0, ["3 * 4 = 12", "12 - 5 = 8", "The answer is: 8"])
     labeler = shepherd.Labeler.__new__(shepherd.Labeler)
     labeler.args = SimpleNamespace(seed=0, num_completions=4, max_new_tokens=16, temperature=1.0, top_p=1.0)
-    labeler.task, labeler.tok, labeler.tag = synthetic, tok, tok.tag_tokens(data.STEP_TAG)
-    labeler.comp = ScriptedCompleter(tok, [["7", "7", "9", "12"], ["8", "8", "8", "8"]])
+    labeler.task, labeler.tok, labeler.head = synthetic, tok, shepherd.prm_head(tok, tag)
+    labeler.comp = ScriptedCompleter(tok, [["7", "7", "9", "12"], ["8", "8", "8", "8"]], tag)
     labeler.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
     [rec] = labeler.label([sol])
     assert rec["hard"] == [1, 0, 0]  # step 1: two of four reach 7; step 2: none; step 3: its own answer, 8, is wrong
@@ -65,9 +71,9 @@ def test_labels_from_a_scripted_completer(tmp_path):
     # both rollout prefixes were forked from ONE sequence, ending right after each step's tag
     [forks] = labeler.comp.calls
     prompt_len = len(tok.encode(data.format_prompt(problem.question)))
-    full = tok.encode(data.format_prompt(problem.question) + data.join_steps(sol.steps))
-    [tag] = labeler.tag
-    assert [t for _, t in forks] == [i + 1 for i, x in enumerate(full) if x == tag][:2]
+    full = tok.encode(data.format_prompt(problem.question) + "\n".join(f"{s} {tag}" for s in sol.steps))
+    [tag_id] = labeler.head.tag
+    assert [t for _, t in forks] == [i + 1 for i, x in enumerate(full) if x == tag_id][:2]
     assert all(t > prompt_len for _, t in forks)
 
 
@@ -78,7 +84,7 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     tok = Tokenizer(POLICY)
     args = SimpleNamespace(seed=0, num_solutions=3, num_completions=1, max_new_tokens=96, temperature=0.0, top_p=1.0,
                            batch_size=16)
-    lab = shepherd.Labeler(args, synthetic, model, model, tok, tok.tag_tokens(data.STEP_TAG))
+    lab = shepherd.Labeler(args, synthetic, model, model, tok, shepherd.prm_head(tok, data.STEP_TAG))
     problems = synthetic.load("test")[:4]
     args.temperature = 0.7  # varied solutions ...
     sols = [s for p in problems for s in lab.sample_solutions([p])[p.id]]
@@ -87,8 +93,8 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     plain = Sampler(model, max_batch=4)
     checked = 0
     for sol, rec in zip(sols, records):
-        prompt, resp = shepherd.solution_tokens(tok, sol, lab.tag)
-        for k, end in enumerate(shepherd.tag_positions(resp, lab.tag)[:-1]):
+        prompt, resp = shepherd.solution_tokens(tok, sol, lab.head)
+        for k, end in enumerate(shepherd.tag_positions(resp, lab.head.tag)[:-1]):
             prefix = prompt + resp[:end + 1]
             [c] = plain.generate([prefix], 96, temperature=0.0)
             text = tok.decode(resp[:end + 1] + c.tokens)

@@ -266,6 +266,21 @@ def test_oracle_step_rewards_follow_the_exact_truth(tmp_path):
     assert p[~ppo.end_mask(rs, p.shape)].abs().sum() == 0
 
 
+def test_a_tag_of_the_policys_own_is_read_back_as_ki(tmp_path):
+    """--tag <step>: a response's steps end at the policy's own tag, and its text reaches graders in ки's format."""
+    synthetic.build_tokenizer(tmp_path)
+    tok = Tokenizer(tmp_path)
+    tok.add_token("<step>")
+    head = shepherd.prm_head(tok, "<step>")
+    assert ppo.parse_args(["--tag", "<step>"]).tag == "<step>" and "tag" not in ppo.NOT_ALGORITHM
+    text = "3 * 4 = 12 <step>\nThe answer is: 12 <step>"
+    ids = tok.encode(text, bos=False) + [tok.eos_id]
+    steps = ppo.response_steps(ids, head.tag, True, lambda r: ppo.response_text(tok, head, r))
+    assert [last for _, last in steps] == [i for i, x in enumerate(ids) if x == head.tag[0]]
+    assert ppo.response_text(tok, head, ids) == "3 * 4 = 12 ки\nThe answer is: 12 ки"
+    assert synthetic.grade(ppo.response_text(tok, head, ids), "12") and not synthetic.grade(tok.decode(ids), "12")
+
+
 def test_temperature_zero_is_refused():
     with pytest.raises(SystemExit):
         ppo.parse_args(["--temperature", "0"])

@@ -96,7 +96,7 @@ def test_training_scoring_labeling_and_ppo_read_the_same_positions(case):
     assert ids[:len(prompt)] == prompt
     labeler = shepherd.Labeler.__new__(shepherd.Labeler)
     labeler.args = SimpleNamespace(seed=0, num_completions=2, max_new_tokens=16, temperature=1.0, top_p=1.0)
-    labeler.task, labeler.tok, labeler.tag, labeler.comp = gsm8k, tok, head.tag, ForkRecorder(tok)
+    labeler.task, labeler.tok, labeler.head, labeler.comp = gsm8k, tok, head, ForkRecorder(tok)
     labeler.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
     problem = data.Problem("p", QUESTION, "4")
     [rec] = labeler.label([shepherd.Solution(problem, 0, STEPS, ids[len(prompt):] + [tok.eos_id])])
@@ -209,3 +209,31 @@ def test_bad_tag_is_an_input_error(tmp_path, capsys):
         shepherd.prm_head(Tokenizer(tmp_path), "")
     assert shepherd.main(["label", "--tag", " ", "--solutions", str(tmp_path / "none.jsonl")]) == 2
     assert "tokenizer.json: --tag/--good/--bad: ' ' after a space" in capsys.readouterr().err
+
+
+def test_a_tag_of_the_models_own_reads_text_written_with_ki(tmp_path):
+    """--tag <step>: files and graders keep Math-Shepherd's ' ки'; training and scoring read the model's own tag in
+    its place (data.to_model_tag), and what the model writes is read back in ки's format (data.from_model_tag)."""
+    from data import synthetic
+    synthetic.build_tokenizer(tmp_path)
+    tok = Tokenizer(tmp_path)
+    tok.add_token("<step>")
+    head = shepherd.prm_head(tok, "<step>")
+    steps = ["3 * 4 = 12", "12 - 5 = 7", "The answer is: 7"]
+    text = data.format_prompt("Tom has 3 boxes with 4 apples in each. He loses 5. How many?") + data.join_steps(steps)
+    mine = data.to_model_tag(text, "<step>")
+    assert mine == text.replace(" ки", " <step>") and data.from_model_tag(mine, "<step>") == text
+    assert data.to_model_tag("Is 40 ки> 4 ки? 2 ки", "<step>") == "Is 40 ки> 4 ки? 2 <step>"  # step ends only
+    ids = tok.encode(mine)
+    want = [i for i, x in enumerate(ids) if x == head.tag[0]]
+    assert len(want) == 3 and tok.tag_tokens("<step>") == head.tag
+    ex = shepherd.encode_steps(tok, head, shepherd.StepExample(text, [1.0, 0.0, 0.0], 0.0), "prm")
+    assert ex.ids == ids and [i for i, m in enumerate(ex.tag_mask) if m] == want
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                    max_position_embeddings=128, sliding_window=None)).eval()
+    with torch.no_grad():
+        want_scores = step_scores(model, torch.tensor([ids]), head)[0]
+    assert shepherd.score_solutions(model, tok, head, [text]) == [pytest.approx(want_scores, abs=1e-6)]
+    assert len(want_scores) == 3

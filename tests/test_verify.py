@@ -161,7 +161,8 @@ def test_copies_of_a_text_are_scored_once(monkeypatch):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
-    got = shepherd.score_solutions(M(), Tok(), None, ["aaa", "b", "aaa", "aaa", "cc"], batch_size=8)
+    head = model_mod.PRMHead(9, 7, 8)
+    got = shepherd.score_solutions(M(), Tok(), head, ["aaa", "b", "aaa", "aaa", "cc"], batch_size=8)
     assert got == [[3.0], [1.0], [3.0], [3.0], [2.0]] and calls == [3]
 
 
