@@ -434,17 +434,23 @@ class Transformer(nn.Module):
             for f in tmp.iterdir():
                 os.chmod(f, 0o644)
             os.chmod(tmp, 0o755)
-            if path.exists():  # swap: old out of the way, new in, old removed
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
+            swap_in(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return path
+
+
+def swap_in(tmp: Path, path: Path):
+    """Put the finished folder `tmp` at `path` by renames: the old one (if any) out of the way, the new one in, the
+    old one removed. A crash never leaves a half-written folder at `path`."""
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")

@@ -37,7 +37,7 @@ import torch.nn as nn
 import data
 from data import synthetic
 import shepherd
-from model import PRMHead, Tokenizer, Transformer, step_logits, tag_positions
+from model import PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
 from sampler import Sampler
 from shepherd import Dist, InputError, barrier, init_distributed, lr_at, seed_for
 
@@ -173,17 +173,13 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
         if d.main:
             print(f"building the {kind.upper()} in {path} (once; cached)", flush=True)
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # one labeling serves the PRM and the ORM
-        rc = 0 if done.exists() else shepherd.main(
-            ["label", "--model", policy_dir, "--tag", cfg.tag, "--limit", str(cfg.rm_problems), "--num-solutions", "4",
-             "--num-completions", "4", "--max-new-tokens", "96", "--seed", "0", "--out", str(labels)])  # resumable
-        if rc == 0 and d.main:
-            done.touch()
-        rc = rc or shepherd.main(["train", "--objective", kind, "--tag", cfg.tag, "--data", str(labels), "--model",
-                                  base, "--out", str(path), "--steps", str(cfg.rm_steps), "--batch-size", "32",
-                                  "--lr", "5e-4",
-                                  "--warmup", "30", "--eval-every", "100", "--heldout", "0.1", "--seed", "0"])
-        if rc:
-            raise RuntimeError(f"building the reward model in {path} failed (exit code {rc})")
+        if not done.exists():  # resumable
+            shepherd.run("label", model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems, num_solutions=4,
+                         num_completions=4, max_new_tokens=96, seed=0, out=labels)
+            if d.main:
+                done.touch()
+        shepherd.run("train", objective=kind, tag=cfg.tag, data=labels, model=base, out=path, steps=cfg.rm_steps,
+                     batch_size=32, lr=5e-4, warmup=30, eval_every=100, heldout=0.1, seed=0)
     barrier(d)
     return str(path)
 
@@ -633,13 +629,7 @@ def save_checkpoint(cfg: Config, it: int, M, d: Dist):
                                         extra_files={"value_head.safetensors": save(head)})
         torch.save({"iteration": it, "opt_policy": opts[0], "opt_critic": opts[1], "config": asdict(cfg)},
                    tmp / "trainer_state.pt")
-        if final.exists():
-            old = out / f".checkpoint.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        swap_in(tmp, final)
     barrier(d)
 
 

@@ -241,10 +241,10 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
     and our `label` records {'question', 'steps', 'hard', 'soft', 'correct'}."""
     if "input" in rec:
         text = _text(rec, "input", where)
-        if data.STEP_TAG not in text:
-            raise InputError(f"{where}: field 'input': no step tag {data.STEP_TAG!r}")
         cut = re.search(r"\s*Step 1:", text)
         question = text[:cut.start()] if cut else text.split("\n", 1)[0]
+        if data.STEP_TAG not in text[len(question):]:
+            raise InputError(f"{where}: field 'input': no step tag {data.STEP_TAG!r}")
         steps, ys = data.split_steps(text[len(question):]), None
         if "label" in rec:  # the label text is the input with each tag replaced by one character: walk both in step
             label, ys, pos = _text(rec, "label", where), [], 0
@@ -254,7 +254,10 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
                 pos += len(part)
                 ys.append(1.0 if label[pos] == "+" else 0.0)
                 pos += 1
-        text, outcome = _normalise_tags(text), None
+            ys = ys[question.count(data.STEP_TAG):]  # a ки inside the question is no step (real data has some)
+            if len(ys) != len(steps):
+                raise InputError(f"{where}: field 'input': {len(steps)} steps but {len(ys)} tags after the question")
+        text, outcome = question + _normalise_tags(text[len(question):]), None  # the question as written
     elif "prompt" in rec or "completions" in rec:
         question, steps = _text(rec, "prompt", where), _steps(rec, "completions", where)
         ys = _labels(rec, "labels", where, len(steps)) if "labels" in rec else None
@@ -1584,6 +1587,17 @@ def run_cli(command, argv, on_interrupt: str) -> int:
             raise
         print(f"error: {e.filename}: cannot write ({e.strerror})", file=sys.stderr)
         return 2
+
+
+def run(command: str, **settings):
+    """A command called from Python (ppo.py builds its reward model so): keyword settings, checked exactly as on the
+    command line; a bad one raises InputError (or argparse's exit 2) to the caller."""
+    argv = [command]
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def main(argv=None) -> int:

@@ -234,7 +234,7 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, ar
     res = [json.loads((d / "verify" / "results.json").read_text()) for d in dirs]
     ns = [n for n in res[0]["curve"] if int(n) in (1, 4, 16, 64) or int(n) == z.samples]
     main = ["SC", "blind", "PRM-hard-min", "PRM-soft-min", "ORM", "SC+PRM-hard", "SC+PRM-soft", "SC+ORM"]
-    md = [f"# Math-Shepherd in the synthetic world: reproduction report\n\n",
+    md = ["# Math-Shepherd in the synthetic world: reproduction report\n\n",
           f"`python bench/reproduce.py {' '.join(argv)}` — seeds {seeds}; policy `{Path(policy).name}`, verifier base "
           f"`{Path(verifier).name}`. Mean ± std over seeds (population std).\n\n",
           f"Sizes: `{json.dumps(asdict(z))}`\n\n"]

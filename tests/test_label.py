@@ -177,6 +177,37 @@ def test_export_formats_round_trip(tmp_path):
         "gold": "1"}
 
 
+def released_layout(row: dict) -> list[bool]:
+    """How Math-Shepherd's released rows read, independently of shepherd.py: the k-th ки of 'input' is a + or - at the
+    same place in 'label', shifted by one character per tag before it."""
+    ys, i = [], row["input"].find("ки")
+    while i >= 0:
+        ys.append(row["label"][i - len(ys)] == "+")
+        i = row["input"].find("ки", i + 2)
+    return ys
+
+
+def trl_stepwise(row: dict) -> list[tuple[str, int]]:
+    """TRL's PRM trainer's reading of a stepwise row (../shared/REFERENCE.md): each completion is one step, followed by
+    its separator, and its label goes through int(label)."""
+    return [(c, int(y)) for c, y in zip(row["completions"], row["labels"])]
+
+
+def test_exports_read_back_by_the_ecosystems_readers():
+    recs = [{"id": "p/0", "problem_id": "p", "question": "Tom has 2 + 3 apples?", "gold": "5", "correct": True,
+             "steps": ["Step 1: 2 + 3 = 5", "Step 2: The answer is: 5"], "hard": [1, 1], "soft": [0.75, 1.0]},
+            {"id": "q/1", "problem_id": "q", "question": "Ann - Ben?", "gold": "1", "correct": False,
+             "steps": ["4 - 2 = 3", "3 - 1 = 2", "The answer is: 2"], "hard": [1, 0, 0], "soft": [0.25, 0.0, 0.0]}]
+    ms = [json.loads(x) for x in shepherd.export(recs, "math-shepherd", "gsm8k", "hard").splitlines()]
+    assert [released_layout(x) for x in ms] == [[bool(y) for y in r["hard"]] for r in recs]
+    assert [x["input"].count("Step ") for x in ms] == [2, 3]  # one 'Step k:' per step, never doubled
+    for labels, want in (("hard", [[1, 1], [1, 0, 0]]), ("soft-threshold", [[1, 1], [0, 0, 0]])):
+        rows = [json.loads(x) for x in shepherd.export(recs, "stepwise", "gsm8k", labels).splitlines()]
+        # the steps as the records have them ('Step k:' kept, as trl-lib/math_shepherd keeps it), no tag inside
+        assert [trl_stepwise(x) for x in rows] == [list(zip(r["steps"], w)) for r, w in zip(recs, want)]
+        assert not any("ки" in c for x in rows for c in x["completions"])
+
+
 def test_reads_the_real_math_shepherd_format(tmp_path):
     rows = [{"input": "Janet has 3 ducks. How many legs? Step 1: Each duck has 2 legs. ки\nStep 2: 3 * 2 = 6 ки\n"
                       "Step 3: The answer is: 6ки", "label": "Janet has 3 ducks. How many legs? Step 1: Each duck has 2 legs. +\n"
@@ -188,6 +219,14 @@ def test_reads_the_real_math_shepherd_format(tmp_path):
     [(problem, [sol])] = shepherd.read_solutions(str(path), synthetic, False, {"skipped": 0})
     assert problem.question == "Janet has 3 ducks. How many legs?" and problem.answer == "6"
     assert sol.steps == ["Each duck has 2 legs.", "3 * 2 = 6", "The answer is: 6"]
+    # a ки inside the question (12 real rows have one) is no step: its label is dropped, as TRL's converter does
+    q = "Compute 2ки3 in base 5."
+    row = {"input": f"{q} Step 1: 2 + 3 = 5 ки\nStep 2: The answer is: 5 ки",
+           "label": f"{q.replace('ки', '+')} Step 1: 2 + 3 = 5 +\nStep 2: The answer is: 5 -"}
+    path.write_text(json.dumps(row) + "\n")
+    [ex] = shepherd.read_step_examples(path)
+    assert ex.labels == [1.0, 0.0] and ex.text.startswith(q + " Step 1:") and ex.text.count(" ки") == 2
+    assert released_layout(row)[1:] == [True, False]
 
 
 def test_bad_input_is_one_line_with_file_line_and_field(tmp_path):
@@ -237,3 +276,25 @@ def test_argument_ranges_are_checked_before_anything_runs(tmp_path, capsys, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].endswith(f"error: argument {flag}: {want}"), err
     assert not any(tmp_path.iterdir())
+
+
+MATH500 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math500" / "test.jsonl"
+
+
+@needs_policy
+@pytest.mark.skipif(not MATH500.exists(), reason=f"{MATH500} is absent")
+def test_label_reads_prm800k_rows(tmp_path):
+    """TRL's prm800k rows: no gold field (the MATH problem with the same question gives it), and the solution ends
+    with PRM800K's '# Answer\\n\\n<answer>': a right one is graded right, a wrong one wrong."""
+    from data import math_task
+    p = math_task.load("test")[0]
+    rows = [{"prompt": p.question, "completions": ["We work it out.", f"# Answer\n\n{p.answer}"], "labels": [True, True]},
+            {"prompt": p.question, "completions": ["We work it out.", "# Answer\n\n-12345"], "labels": [True, False]}]
+    src, out = tmp_path / "prm800k.jsonl", tmp_path / "labels.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run_label(out, "--task", "math", "--solutions", str(src), "--model", str(POLICY), "--num-completions", "1",
+                  "--max-new-tokens", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["gold"], x["answer"], x["correct"], x["hard"][-1]) for x in recs] == [
+        (p.answer, p.answer, True, 1), (p.answer, "-12345", False, 0)]

@@ -13,6 +13,7 @@ One-line mutations of ppo.py each of which fails at least one test here (checked
     `answered` ignored (no penalty ever)             test_rollout_penalises_exactly_the_responses_without_an_answer
     policy-gradient sign flipped                     test_clipped_losses_by_hand
     no-answer penalty on the first token             test_grid_and_reward_placement
+    a response's text read with the raw --tag        test_a_tag_of_the_policys_own_is_read_back_as_ki
 """
 import contextlib
 import json
@@ -279,6 +280,23 @@ def test_a_tag_of_the_policys_own_is_read_back_as_ki(tmp_path):
     assert [last for _, last in steps] == [i for i, x in enumerate(ids) if x == head.tag[0]]
     assert ppo.response_text(tok, head, ids) == "3 * 4 = 12 ки\nThe answer is: 12 ки"
     assert synthetic.grade(ppo.response_text(tok, head, ids), "12") and not synthetic.grade(tok.decode(ids), "12")
+
+
+@pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
+def test_the_default_reward_model_is_built_by_the_projects_label_and_train(tmp_path, monkeypatch):
+    """No --reward-model: label the policy's solutions, fine-tune a PRM from the verifier base (shepherd.run, the
+    commands' own code and checks), cache it; a second run reuses it without building anything."""
+    monkeypatch.setattr(ppo, "ROOT", tmp_path)
+    cfg = ppo.parse_args(["--rm-problems", "2", "--rm-steps", "2"])
+    path = Path(ppo.ensure_reward_model(cfg, synthetic.POLICY_DIR, shepherd.Dist()))
+    assert path.parent.parent == tmp_path / "runs" / "ppo-rm" and path.name == "prm"
+    assert json.loads((path / "trainer_state.json").read_text())["step"] == 2
+    records = [json.loads(x) for x in (path.parent / "labels.jsonl").read_text().splitlines()]
+    assert {r["problem_id"] for r in records} == {p.id for p in synthetic.load("train")[:2]}
+    assert all(len(r["rollout_correct"][0]) == 4 for r in records if len(r["steps"]) > 1)  # N = 4 completions
+    assert json.loads((path / "config.json").read_text())["tie_word_embeddings"] is False  # the verifier base's
+    monkeypatch.setattr(shepherd, "run", lambda *a, **k: pytest.fail("rebuilt a cached reward model"))
+    assert ppo.ensure_reward_model(cfg, synthetic.POLICY_DIR, shepherd.Dist()) == str(path)
 
 
 def test_temperature_zero_is_refused():
