@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype, by name
+
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Config
 

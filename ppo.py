@@ -37,7 +37,7 @@ import torch.nn as nn
 import data
 from data import synthetic
 import shepherd
-from model import PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
+from model import DTYPES, PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
 from sampler import Sampler
 from shepherd import Dist, InputError, barrier, init_distributed, lr_at, seed_for
 
@@ -116,7 +116,7 @@ def parse_args(argv=None) -> Config:
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.reward not in ("prm", "orm", "truth") or cfg.critic_init not in ("reward", "policy"):
         p.error("--reward is prm, orm or truth; --critic-init is reward or policy")
-    if cfg.dtype not in ("auto", "float32", "bfloat16"):
+    if cfg.dtype not in ("auto", *DTYPES):
         p.error(f"--dtype is auto, float32 or bfloat16, not {cfg.dtype!r}")
     return cfg
 
@@ -297,18 +297,47 @@ def end_mask(steps: list[list[tuple[int, int]]], shape) -> torch.Tensor:
     return ends
 
 
-def step_end_probs(rm: nn.Module, prompts, responses, steps, head: PRMHead, pad_id: int, device) -> torch.Tensor:
+def reward_model_head(tok: Tokenizer, rm_tok: Tokenizer, tag: str) -> PRMHead:
+    """The reward model's head in its own tokens. It reads the policy's tokens (the same tokenizer), or the same
+    with the tag one token of its own (train --add-tag-token: the policy's vocabulary plus ' ' + tag)."""
+    head = shepherd.prm_head(rm_tok, tag)
+    mine, its = tok.tok.get_vocab(), rm_tok.tok.get_vocab()
+    extra = {k for k, v in its.items() if mine.get(k) != v}
+    added = extra == {" " + tag} and len(its) == len(mine) + 1 and len(shepherd.prm_head(tok, tag).tag) > 1
+    if not added or (tok.prefix, tok.suffix) != (rm_tok.prefix, rm_tok.suffix):
+        shepherd.same_tokenizer(tok, rm_tok, "the reward model")
+    return head
+
+
+def rm_view(ids: list[int], tag, rm_tag) -> tuple[list[int], list[int]]:
+    """Policy tokens as the reward model reads them: each tag written as the reward model's (the identity when both
+    share a tokenizer), and where each policy token lands (a tag's tokens all land on the reward model's last)."""
+    starts, out, where, i = {k - len(tag) + 1 for k in tag_positions(ids, tag)}, [], [], 0
+    while i < len(ids):
+        n = len(tag) if i in starts else 1
+        out += list(rm_tag) if i in starts else [ids[i]]
+        where += [len(out) - 1] * n
+        i += n
+    return out, where
+
+
+def step_end_probs(rm: nn.Module, prompts, responses, steps, head: PRMHead, pad_id: int, device,
+                   rm_head: PRMHead | None = None) -> torch.Tensor:
     """The reward model's p(+) for every step, on the response grid at the step's last token. A tagged step is read
     at its tag (model.step_logits, where shepherd.py trained it); the untagged tail is read at a tag appended after it,
-    so it scores as if it had been tagged: dropping the tag neither escapes a step's score nor earns a different one."""
+    so it scores as if it had been tagged: dropping the tag neither escapes a step's score nor earns a different one.
+    rm_head: the reward model's head when its tag is a token of its own (reward_model_head), else head."""
+    rm_head = rm_head or head
+    views = [rm_view(r, head.tag, rm_head.tag) for r in responses]
     tagged = [set(tag_positions(r, head.tag)) for r in responses]
     tail = [bool(s) and s[-1][1] not in t for s, t in zip(steps, tagged)]  # the last step has no tag of its own
-    read = [r[:s[-1][1] + 1] + list(head.tag) if u else r for r, s, u in zip(responses, steps, tail)]
-    p = step_probs(rm, make_grid(prompts, read, pad_id, device), head).float().cpu()
+    read = [v[:w[s[-1][1]] + 1] + list(rm_head.tag) if u else v for (v, w), s, u in zip(views, steps, tail)]
+    p = step_probs(rm, make_grid([rm_view(q, head.tag, rm_head.tag)[0] for q in prompts], read, pad_id, device),
+                   rm_head).float().cpu()
     out = torch.zeros(len(responses), max(map(len, responses)))
-    for b, row in enumerate(steps):
+    for b, (row, (_, w)) in enumerate(zip(steps, views)):
         for k, (_, last) in enumerate(row):
-            out[b, last] = p[b, last + len(head.tag) if tail[b] and k == len(row) - 1 else last]
+            out[b, last] = p[b, w[last] + len(rm_head.tag) if tail[b] and k == len(row) - 1 else w[last]]
     return out.to(device)
 
 
@@ -443,8 +472,8 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
         texts = [decode(r) for r in responses]
         if cfg.reward == "truth":
             p_end = oracle_step_probs(task, problems, responses, steps, decode, M.device)
-        else:  # the reward model reads the policy's own tokens (same tokenizer)
-            p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device)
+        else:  # the reward model reads the policy's tokens (its tag perhaps one token of its own: rm_view)
+            p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device, M.rm_head)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
         ends = end_mask(steps, g["mask"].shape).to(M.device)
         score = score_rewards(ends, p_end, g["mask"], answered, kind=cfg.reward, center=cfg.reward_center,
@@ -654,6 +683,7 @@ class Models:
     critic_step: nn.Module
     opt_policy: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
+    rm_head: PRMHead | None = None  # the reward model's tag and +/- in its own tokens (reward_model_head)
     no_sync: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # see sync_gradients
 
 
@@ -662,7 +692,7 @@ def precision(cfg: Config, device: str):
     Trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast, or
     FSDP2's mixed precision, which shard() sets)."""
     cuda = device.startswith("cuda")
-    frozen = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    frozen = DTYPES["bfloat16" if cuda else "float32"] if cfg.dtype == "auto" else DTYPES[cfg.dtype]
     return frozen, torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
 
 
@@ -705,14 +735,14 @@ def setup(cfg: Config, d: Dist):
     rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
     critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
     tok = Tokenizer(policy_dir)
-    shepherd.same_tokenizer(tok, Tokenizer(rm_dir), "the reward model")  # it reads the policy's tokens
     head = shepherd.prm_head(tok, cfg.tag)
+    rm_head = reward_model_head(tok, Tokenizer(rm_dir), cfg.tag)
     # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
     pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, *head.tag) else 0
     assert pad_id not in (tok.eos_id, *head.tag)
     ddp = d.world > 1 and not cfg.fsdp
     M = Models(device=d.device, amp=amp, pad_id=pad_id, tok_dir=policy_dir, policy=policy, critic=critic, ref=ref,
-               rm=rm, policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
+               rm=rm, rm_head=rm_head, policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
                critic_step=nn.parallel.DistributedDataParallel(critic) if ddp else critic,
                opt_policy=shepherd.adamw(policy, cfg.lr, cfg.weight_decay),
                opt_critic=shepherd.adamw(critic, cfg.critic_lr, cfg.weight_decay))

@@ -1,33 +1,16 @@
-"""Generation: the one place Shepherd samples text (labeling rollouts, PPO rollouts, best-of-N all come here).
+"""Generation: the one place Shepherd samples text (labeling rollouts, PPO rollouts and best-of-N all come here).
 
-Read top to bottom:
-  1. Seeding   - every row carries its own 63-bit seed. The uniform number that picks its n-th new token is a pure
-                 function of (row seed, n), computed with an integer hash in torch ops (a counter-based generator).
-                 No generator state is shared between rows, so a row's output does not depend on which rows share
-                 its batch, on the batch size or on chunking: a labeling job can stop and resume and get the same
-                 rollouts. (A torch.Generator per row would do the same, slowly, and could not live in a CUDA graph.)
-  2. sample()  - logits -> token by inverse CDF: temperature, then top-k, then top-p (nucleus) cut the distribution,
-                 and the row's uniform u picks the first token whose cumulative probability exceeds u (one hash per
-                 row and step; Gumbel-max would need one per vocabulary entry). Temperature 0 is greedy. It returns
-                 the log-probabilities of the chosen tokens under the raw model AND under the distribution sampled.
-  3. Sampler   - owns a static KV cache of (max_batch rows, positions) on the model's device and dtype, and on CUDA
-                 the captured decode graphs. One call:
-       prefill   every sequence a batch needs is run ONCE, right-padded, each row at its own absolute positions
-                 (the causal mask keeps real tokens from seeing the padding after them). Only the hidden states at
-                 the positions we sample from go through the LM head.
-       fork      a row that continues the first t tokens of a prefilled sequence gets that row's cache copied and
-                 its first token sampled from the prefill logits at position t-1 (row by row, with its own seed: the
-                 rows of one prefix are independent samples). Labeling: one prefill of question + solution serves the
-                 rollouts of all its step prefixes. Plain generation is the case "one fork per prompt, t = length".
-       decode    one step feeds every row its last token at its position; rows that are done still ride along
-                 (their output is thrown away) until the live rows fit a smaller batch bucket, when they are packed
-                 to the front (cache rows included). A row ends after a stop token (eos or stop_ids, which IS
-                 returned, with its log-prob) or its own max_new_tokens.
-       graphs    on CUDA the decode step (forward + sampling) is captured once per (batch bucket, kv-length bucket)
-                 and replayed; inputs live in static buffers. Everywhere else the same function runs eagerly. The
-                 kv length is bucketed (powers of two) rather than always the cache's length, so attention does not
-                 read the whole cache at every step of a short generation.
-  4. generate / fork_generate / generate_from_prefixes - thin wrappers that size a Sampler to one call.
+  1. Seeding  - each row has its own 63-bit seed; the uniform that picks its n-th token is a hash of (seed, n). No
+                state is shared between rows, so a row's tokens do not depend on its batch: jobs resume exactly.
+  2. sample() - logits -> token by inverse CDF after temperature, top-k and top-p; temperature 0 is greedy.
+  3. Sampler  - a static KV cache (and, on CUDA, captured decode graphs). One call:
+       prefill  every sequence once, right-padded, each row at its own positions;
+       fork     a row continuing the first t tokens of a prefilled sequence copies its cache rows and samples its
+                first token from the prefill logits at t-1 (labeling: one prefill serves every step prefix);
+       decode   one token per live row per step; finished rows are packed out when the live ones fit a smaller
+                batch bucket; a row ends after a stop token (returned) or its max_new_tokens;
+       graphs   on CUDA each (batch bucket, kv-length bucket) decode step is captured once and replayed.
+  4. generate / fork_generate / generate_from_prefixes - wrappers that size a Sampler to one call.
 """
 from __future__ import annotations
 
@@ -45,9 +28,7 @@ MASK32, MASK64 = 0xFFFFFFFF, (1 << 64) - 1
 
 @dataclass
 class Completion:
-    """One row's result. For PPO: `logprobs` is log pi(token) of the model itself (temperature 1, unfiltered), which
-    is what a training forward pass recomputes; `sampling_logprobs` is the log-prob of the distribution the token was
-    actually drawn from (with no top-k/top-p it equals log_softmax(logits / temperature) at the token)."""
+    """One row's result."""
     tokens: list[int]  # the new tokens; a stop token that ended the row is the last one
     logprobs: list[float]  # log p(token) under the raw model (temperature 1, no top-k/top-p): what a forward recomputes
     sampling_logprobs: list[float]  # log q(token), q the distribution sampled (temperature, top-k, top-p); 0 if greedy
@@ -171,8 +152,7 @@ class Sampler:
 
     The cache is allocated at the first call, as long as that call needs (on CUDA rounded up to a power of two),
     and reallocated only when a later call needs more (which drops the captured graphs): max_len is a limit, not
-    an allocation. It holds 2 * layers * kv_heads * head_dim elements per row and position: Mistral-7B in bf16,
-    128 KiB, so 64 rows x 2048 positions take 16 GiB."""
+    an allocation (2 * layers * kv_heads * head_dim elements per row and position)."""
 
     STATE = ("tok", "pos", "count", "key", "top_k", "last", "row", "temp", "top_p", "done")
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, tag_positions
+from model import DTYPES, ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, tag_positions
 
 ROOT = Path(__file__).resolve().parent
 
@@ -510,21 +510,9 @@ def open_log(path: Path, keep_until: int | None, key: str):
     return f
 
 
-def cmd_train(args) -> int:
-    d = init_distributed(args.device)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    state_file = out / "trainer_state.pt"
-    ours = state_file.exists() or (out / "trainer_state.json").exists()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
-        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); choose another --out")
-    resume = state_file.exists() and not args.restart
-    if (out / "trainer_state.json").exists() and not args.restart:
-        print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
-        return 0
-    settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
-    settings["data_digest"] = args.data and Path(args.data).is_file() and file_digest(args.data)
-    # the model: a checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one with the task's tokenizer
+def train_start(args, out: Path, resume: bool) -> tuple[Transformer, Tokenizer, Path]:
+    """The model train starts from, its tokenizer and the tokenizer's folder: the checkpoint being resumed, a
+    checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one with the task's tokenizer."""
     if resume:
         model, tok = load_model(out, "--out")
         tok_dir = out
@@ -546,6 +534,76 @@ def cmd_train(args) -> int:
         # the tag becomes one token of its own, with its own (trained) embedding row: saved with the checkpoint
         model.init_token_rows([tok.add_token(args.tag)])
         tok_dir = tok.save(tok_dir if scratch_dir(tok_dir) else tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
+    return model, tok, Path(tok_dir)
+
+
+def split_heldout(examples: list[tuple], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, held out), by a hash of each example's id: stable across runs, resumes and world sizes."""
+    held = {i for i, _ in examples if seed_for("heldout", i) % 1000 < fraction * 1000}
+    return [e for i, e in examples if i not in held], [e for i, e in examples if i in held]
+
+
+def batch_indices(step: int, micro: int, n: int, batch_size: int, seed: int, d: Dist, per_rank: int) -> list[int]:
+    """This rank's share of micro-batch `micro` of a step: the step's global batch is a fixed slice of a per-epoch
+    permutation of the n examples, so it is the same on resume and on any number of ranks."""
+    start, epoch = (step * batch_size) % n, (step * batch_size) // n
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    batch = (perm + perm)[start:start + batch_size]  # wrapping around the epoch's end
+    k = micro * d.world + d.rank
+    return batch[k * per_rank:(k + 1) * per_rank]
+
+
+def heldout_metrics(model: Transformer, held: list[Example], objective: str, head: PRMHead | None, pad_id: int,
+                    device, batch_size: int, amp) -> dict:
+    """Held-out loss; for a reward model also the step-level accuracy (threshold 0.5) and AUC."""
+    model.eval()
+    losses, probs, targets = [], [], []
+    with torch.no_grad(), amp:
+        for i in range(0, len(held), batch_size):
+            loss, p, t = objective_loss(model, collate(held[i:i + batch_size], pad_id, device), objective, head)
+            losses.append(loss.item())
+            if p is not None:
+                probs += p.tolist()
+                targets += t.tolist()
+    model.train()
+    res = {"heldout_loss": sum(losses) / max(1, len(losses))}
+    if probs:
+        res["heldout_step_acc"] = sum((p >= 0.5) == (t >= 0.5) for p, t in zip(probs, targets)) / len(probs)
+        res["heldout_auc"] = auc(probs, targets)
+    return res
+
+
+def save_train_checkpoint(model: Transformer, out: Path, tok_dir: Path, opt, step: int, settings: dict):
+    """The checkpoint with the trainer's state beside it: trainer_state.pt (optimizer, step) to resume, or, once
+    training is done (opt None), trainer_state.json."""
+    if opt is None:
+        extra = {"trainer_state.json": json.dumps({"step": step, "done": True, "settings": settings}).encode()}
+    else:
+        buf = io.BytesIO()
+        torch.save({"optimizer": opt.state_dict(), "step": step, "settings": settings}, buf)
+        extra = {"trainer_state.pt": buf.getvalue()}
+    from safetensors import SafetensorError
+    try:
+        model.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
+    except SafetensorError as e:  # safetensors reports a full disk as its own error
+        raise InputError(f"{out}: cannot write the checkpoint ({e})") from None
+
+
+def cmd_train(args) -> int:
+    d = init_distributed(args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    state_file = out / "trainer_state.pt"
+    ours = state_file.exists() or (out / "trainer_state.json").exists()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
+        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); choose another --out")
+    resume = state_file.exists() and not args.restart
+    if (out / "trainer_state.json").exists() and not args.restart:
+        print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
+        return 0
+    settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
+    settings["data_digest"] = args.data and Path(args.data).is_file() and file_digest(args.data)
+    model, tok, tok_dir = train_start(args, out, resume)
     head = prm_head(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
     model = model.to(d.device).float() if d.device == "cpu" else model.to(d.device)
     examples = load_training_examples(args, tok, head)
@@ -553,9 +611,7 @@ def cmd_train(args) -> int:
     if too_long:
         raise InputError(f"{too_long[0]}: more tokens than the model's context "
                          f"({model.config.max_position_embeddings}); {len(too_long)} such example(s)")
-    # held-out split by a hash of the id: stable across runs, resumes and world sizes
-    held = [e for i, e in examples if seed_for("heldout", i) % 1000 < args.heldout * 1000]
-    train = [e for i, e in examples if seed_for("heldout", i) % 1000 >= args.heldout * 1000]
+    train, held = split_heldout(examples, args.heldout)
     if not train:
         raise InputError("no training examples")
     raw = model
@@ -577,49 +633,10 @@ def cmd_train(args) -> int:
     log = open_log(out.parent / f"{out.name}.log.jsonl", step if resume else None, "step") if d.main else None
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
 
-    def batch_for(step: int, micro: int) -> dict:
-        # the global batch of a step is a fixed slice of a per-epoch permutation: resumable and world-size-free
-        start = (step * args.batch_size) % len(train)
-        epoch = (step * args.batch_size) // len(train)
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch)).tolist()
-        perm = perm + perm  # wrap around the epoch end
-        global_idx = perm[start:start + args.batch_size]
-        mine = global_idx[(micro * d.world + d.rank) * per_rank:(micro * d.world + d.rank + 1) * per_rank]
-        return collate([train[i] for i in mine], tok.pad_id, d.device, args.pack and raw.config.max_position_embeddings)
+    pack = args.pack and raw.config.max_position_embeddings
 
     def evaluate() -> dict:
-        model.eval()
-        losses, probs, targets = [], [], []
-        with torch.no_grad(), amp:
-            for i in range(0, len(held), args.eval_batch_size):
-                b = collate(held[i:i + args.eval_batch_size], tok.pad_id, d.device)
-                loss, p, t = objective_loss(raw, b, args.objective, head)
-                losses.append(loss.item())
-                if p is not None:
-                    probs += p.tolist()
-                    targets += t.tolist()
-        model.train()
-        res = {"heldout_loss": sum(losses) / max(1, len(losses))}
-        if probs:  # step-level accuracy (threshold 0.5) and AUC
-            res["heldout_step_acc"] = sum((p >= 0.5) == (t >= 0.5) for p, t in zip(probs, targets)) / len(probs)
-            res["heldout_auc"] = auc(probs, targets)
-        return res
-
-    def save(done_steps: int, final: bool):
-        if not d.main:
-            return
-        extra = {}
-        if final:
-            extra["trainer_state.json"] = json.dumps({"step": done_steps, "done": True, "settings": settings}).encode()
-        else:
-            buf = io.BytesIO()
-            torch.save({"optimizer": opt.state_dict(), "step": done_steps, "settings": settings}, buf)
-            extra["trainer_state.pt"] = buf.getvalue()
-        from safetensors import SafetensorError
-        try:
-            raw.save_pretrained(out, tokenizer_dir=tok_dir, extra_files=extra)
-        except SafetensorError as e:  # safetensors reports a full disk as its own error
-            raise InputError(f"{out}: cannot write the checkpoint ({e})") from None
+        return heldout_metrics(raw, held, args.objective, head, tok.pad_id, d.device, args.eval_batch_size, amp)
 
     bar = None
     try:
@@ -639,7 +656,9 @@ def cmd_train(args) -> int:
             total = 0.0
             for micro in range(args.grad_accum):
                 with amp:
-                    loss, _, _ = objective_loss(model, batch_for(step, micro), args.objective, head)
+                    mine = batch_indices(step, micro, len(train), args.batch_size, args.seed, d, per_rank)
+                    batch = collate([train[i] for i in mine], tok.pad_id, d.device, pack)
+                    loss, _, _ = objective_loss(model, batch, args.objective, head)
                 (loss / args.grad_accum).backward()
                 total += loss.item() / args.grad_accum
             if not math.isfinite(total):
@@ -657,9 +676,10 @@ def cmd_train(args) -> int:
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-                save(step + 1, final=False)
-        save(args.steps, final=True)
+            if (step + 1) % args.save_every == 0 and step + 1 < args.steps and d.main:
+                save_train_checkpoint(raw, out, tok_dir, opt, step + 1, settings)
+        if d.main:
+            save_train_checkpoint(raw, out, tok_dir, None, args.steps, settings)
     except BaseException:  # no checkpoint, no log: a run that saved nothing leaves nothing
         if bar is not None:
             bar.close()  # the error then starts a line of its own
@@ -1018,12 +1038,58 @@ LABEL_SETTINGS = ("task", "split", "limit", "model", "completer", "solutions", "
                   "temperature", "top_p", "max_new_tokens", "group", "seed", "tag", "dtype", "skip_bad")
 
 
+def label_units(args, task, labeler) -> list[tuple]:
+    """What label works on, as (problem, its given solutions or None to sample them): the task's first --limit
+    problems, or the --solutions records, every one checked (to fit the completer's context) before anything is
+    written."""
+    if not args.solutions:
+        return [(p, None) for p in task_problems(task, args.task, args.split)[:args.limit]]
+    fits = []
+    for unit in read_solutions(args.solutions, task, args.skip_bad, labeler.stats):
+        try:
+            labeler.check_fits(unit[1][0])
+            fits.append(unit)
+        except InputError:
+            if not args.skip_bad:
+                raise
+            labeler.stats["skipped"] += 1
+    return fits
+
+
+def merge_shards(out: Path, groups: list, settings: dict, world: int):
+    """torchrun label: rank 0 merges the ranks' shards into --out in the single-process order, with the progress
+    sidecar a single process would have left."""
+    by_unit = {}
+    for r in range(world):
+        part = out.parent / f".{out.name}.rank{r}-of-{world}"
+        for line in part.read_text().splitlines(keepends=True):
+            by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
+    text, ends = "", []
+    for group in groups:  # the merged file gets the sidecar a single process would have left
+        text += "".join(line for p, _ in group for line in by_unit.get(p.id, []))
+        ends.append(json.dumps({"unit": group[0][0].id, "end": len(text.encode())}) + "\n")
+    atomic_write(out, text)
+    atomic_write(out.parent / f".{out.name}.progress", json.dumps({"settings": settings}) + "\n" + "".join(ends))
+    for r in range(world):
+        part = out.parent / f".{out.name}.rank{r}-of-{world}"
+        part.unlink()
+        (part.parent / f".{part.name}.progress").unlink()
+
+
+def print_quality(report: dict):
+    print("\nlabel quality against the exact step truth (steps with rollouts):")
+    print(f"  {'N':>3} {'labels':<6} {'steps':>6} {'accuracy':>9} {'FP rate':>8} {'FN rate':>8}")
+    for r in report.values():
+        print(f"  {r['N']:>3} {r['labels']:<6} {r['steps']:>6} {r['accuracy']:>9.3f} "
+              f"{r['false_positive_rate']:>8.3f} {r['false_negative_rate']:>8.3f}")
+
+
 def cmd_label(args) -> int:
     d = init_distributed(args.device)
     t0 = time.time()
     task = data.get_task(args.task)
     out = Path(args.out)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     model_path = args.model or getattr(task, "POLICY_DIR", None)
     if model_path is None:
         raise InputError(f"--model is required for task {args.task!r}")
@@ -1038,20 +1104,7 @@ def cmd_label(args) -> int:
     if gen_tok is not None:
         same_tokenizer(gen_tok, tok, "the completer")
     labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag))
-    if args.solutions:
-        units = read_solutions(args.solutions, task, args.skip_bad, labeler.stats)
-        fits = []
-        for unit in units:  # all bad input is found before anything is written
-            try:
-                labeler.check_fits(unit[1][0])
-                fits.append(unit)
-            except InputError:
-                if not args.skip_bad:
-                    raise
-                labeler.stats["skipped"] += 1
-        units = fits
-    else:
-        units = [(p, None) for p in task_problems(task, args.task, args.split)[:args.limit]]
+    units = label_units(args, task, labeler)
     # the unit of work: --group consecutive problems (or input records), sampled and labeled in shared batches. A
     # unit's records depend on it alone, so resumes and torchrun shards give the single-process file byte for byte
     groups = [units[i:i + args.group] for i in range(0, len(units), args.group)]
@@ -1093,21 +1146,7 @@ def cmd_label(args) -> int:
         stats = {k: sum(g[k] for g in gathered) for k in stats}
         barrier(d)
         if d.main:
-            by_unit = {}
-            for r in range(d.world):
-                part = out.parent / f".{out.name}.rank{r}-of-{d.world}"
-                for line in part.read_text().splitlines(keepends=True):
-                    by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
-            text, ends = "", []
-            for group in groups:  # the merged file gets the sidecar a single process would have left
-                text += "".join(line for p, _ in group for line in by_unit.get(p.id, []))
-                ends.append(json.dumps({"unit": group[0][0].id, "end": len(text.encode())}) + "\n")
-            atomic_write(out, text)
-            atomic_write(out.parent / f".{out.name}.progress", json.dumps({"settings": settings}) + "\n" + "".join(ends))
-            for r in range(d.world):
-                part = out.parent / f".{out.name}.rank{r}-of-{d.world}"
-                part.unlink()
-                (part.parent / f".{part.name}.progress").unlink()
+            merge_shards(out, groups, settings, d.world)
         barrier(d)
     if not d.main:
         return 0
@@ -1121,11 +1160,7 @@ def cmd_label(args) -> int:
     if audited:
         report = quality_report(audited, args.num_completions)
         atomic_write(out.with_suffix(".quality.json"), json.dumps(report, indent=2) + "\n")
-        print("\nlabel quality against the exact step truth (steps with rollouts):")
-        print(f"  {'N':>3} {'labels':<6} {'steps':>6} {'accuracy':>9} {'FP rate':>8} {'FN rate':>8}")
-        for r in report.values():
-            print(f"  {r['N']:>3} {r['labels']:<6} {r['steps']:>6} {r['accuracy']:>9.3f} "
-                  f"{r['false_positive_rate']:>8.3f} {r['false_negative_rate']:>8.3f}")
+        print_quality(report)
     tokens = stats["generated_tokens"]
     print(f"\nlabeled {stats['problems']} problems, {stats['solutions']} solutions, {stats['steps']} steps "
           f"({stats['rollouts']} rollouts); skipped {stats['skipped']}")
@@ -1310,20 +1345,11 @@ def file_digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def cmd_verify(args) -> int:
-    t0 = time.time()
-    task = data.get_task(args.task)
-    out = Path(args.out)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    problems = task_problems(task, args.task, args.split)[:args.limit]
+def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tuple[list, dict]:
+    """The solutions verify ranks, as (problems, steps of each problem's solutions): read from --solutions, reused from
+    an earlier run with the same sampling settings, or sampled by the generator (seeds from ids: the same samples on
+    a rerun)."""
     sol_file = out / "solutions.jsonl"
-    rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
-          [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
-    for name, path in rms:  # every reward model is checked before anything is written
-        prm_head(load_model(path, f"--{name[:3].lower()} {name}", check_only=True)[1], args.tag, args.good, args.bad)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out exists and is not a folder")
     if args.solutions:  # someone else's samples: records with problem_id (or question) and steps
         by_q = {p.question.strip(): p for p in problems}
         by_id = {p.id: p for p in problems}
@@ -1344,7 +1370,7 @@ def cmd_verify(args) -> int:
         for _, rec in read_jsonl(sol_file):
             sol_steps.setdefault(rec["problem_id"], []).append(rec["steps"])
         print(f"reusing {sol_file}")
-    else:  # sample S solutions per problem with the generator (seeds from ids: rerunning gives the same samples)
+    else:
         from sampler import Sampler
         gen, tok = load_model(args.model or task.POLICY_DIR, "--model", dtype, device)
         out.mkdir(parents=True, exist_ok=True)
@@ -1360,10 +1386,14 @@ def cmd_verify(args) -> int:
         atomic_write(sol_file, "".join(lines))
         atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")
         del gen, sampler
-    # score every solution once per reward model (cached beside the solutions)
+    return problems, sol_steps
+
+
+def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list, out: Path, dtype, device):
+    """(scores, slips): every solution's step scores by every reward model (scored once, cached beside the
+    solutions), and each model's last-step score of the slip pairs (right, slipped)."""
     scores, slips = {}, {}
-    # where the task can make them: reference steps vs the same with an arithmetic slip (a check of step checking)
-    pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
+    sol_file = out / "solutions.jsonl"
     for name, path in rms:
         cache = out / f"scores.{name}.json"
         key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path,
@@ -1388,15 +1418,58 @@ def cmd_verify(args) -> int:
         slips[name] = [ends[0::2], ends[1::2]]  # the score of the last step: right, slipped
         atomic_write(cache, json.dumps({"key": key, "scores": per, "slips": slips[name]}) + "\n")
         del rm
-    per_problem = []
-    for p in problems:
-        texts = [data.join_steps(s) for s in sol_steps[p.id]]
-        answers = [task.extract_answer(t) if s else None for t, s in zip(texts, sol_steps[p.id])]
-        correct = {a: task.grade(t, p.answer) for a, t in zip(answers, texts) if a is not None}
-        per_problem.append({"answers": answers, "correct": correct, "texts": texts,
-                            "scores": {k: v[p.id] for k, v in scores.items()}})
-        if hasattr(task, "step_truth"):
-            per_problem[-1]["truth"] = [task.step_truth(p, s) for s in sol_steps[p.id]]
+    return scores, slips
+
+
+def plot_curve(curve: dict, ns: list[int], methods: list[str], path: Path):
+    """results.png, when matplotlib is installed (an optional extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for m in methods:
+            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m, ls="--" if m == "blind" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (solutions per problem)")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    except ImportError:
+        pass
+
+
+def graded(task, problem, solutions: list[list[str]], scores: dict) -> dict:
+    """One problem's solutions as best-of-N reads them: each one's answer and text, which answers are right, the
+    reward models' step scores, and (where the task knows it) each step's truth."""
+    texts = [data.join_steps(s) for s in solutions]
+    answers = [task.extract_answer(t) if s else None for t, s in zip(texts, solutions)]
+    correct = {a: task.grade(t, problem.answer) for a, t in zip(answers, texts) if a is not None}
+    out = {"answers": answers, "correct": correct, "texts": texts, "scores": scores}
+    if hasattr(task, "step_truth"):
+        out["truth"] = [task.step_truth(problem, s) for s in solutions]
+    return out
+
+
+def cmd_verify(args) -> int:
+    t0 = time.time()
+    task = data.get_task(args.task)
+    out = Path(args.out)
+    dtype = DTYPES[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    problems = task_problems(task, args.task, args.split)[:args.limit]
+    rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
+          [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
+    for name, path in rms:  # every reward model is checked before anything is written
+        prm_head(load_model(path, f"--{name[:3].lower()} {name}", check_only=True)[1], args.tag, args.good, args.bad)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out exists and is not a folder")
+    problems, sol_steps = verify_solutions(args, task, problems, out, dtype, device)
+    # where the task can make them: reference steps vs the same with an arithmetic slip (a check of step checking)
+    pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
+    scores, slips = verify_scores(args, rms, problems, sol_steps, pairs, out, dtype, device)
+    per_problem = [graded(task, p, sol_steps[p.id], {k: v[p.id] for k, v in scores.items()}) for p in problems]
     S = min(len(p["answers"]) for p in per_problem)
     ns = [n for n in (2 ** k for k in range(20)) if n <= S]
     curve = best_of_n_curve(per_problem, ns, args.subsets, args.seed)
@@ -1422,21 +1495,7 @@ def cmd_verify(args) -> int:
                                                   indent=1) + "\n")
     atomic_write(out / "results.csv", "N,method,mean,std\n" + "".join(
         f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n" for n in ns for m in methods))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for m in methods:
-            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m, ls="--" if m == "blind" else "-")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("N (solutions per problem)")
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "results.png", dpi=120)
-    except ImportError:
-        pass
+    plot_curve(curve, ns, methods, out / "results.png")
     print(f"wrote {out}/results.json, results.csv ({time.time() - t0:.0f}s)")
     return 0
 
@@ -1464,9 +1523,20 @@ FRACTION, NONNEG = in_range(float, 0, 1), in_range(float, 0)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)  # every command's
+    common.add_argument("--tag", default=data.STEP_TAG, help="step tag, as written after a space; one token or "
+                        "several (then read at its last token)")
+    common.add_argument("--seed", type=int, default=0, help="every seed derives from this (and a record's id)")
+    common.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (None: cuda if available)")
+    signs = argparse.ArgumentParser(add_help=False)  # the PRM's two label tokens (train, verify)
+    signs.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer' "
+                       "(' +' if one token, else '+')")
+    signs.add_argument("--bad", default="-", help="token meaning 'it cannot' (' -' if one token, else '-')")
+    dtype = argparse.ArgumentParser(add_help=False)  # models that only generate and score (label, verify)
+    dtype.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype")
 
     t = sub.add_parser("train", help="train a policy (sft), a process reward model (prm) or an outcome reward model (orm)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, signs])
     t.add_argument("--objective", choices=["sft", "prm", "orm"], default="sft",
                    help="sft: next-token loss on responses; prm: BCE at every step tag (Eq. 2); orm: BCE at the last tag (Eq. 1)")
     t.add_argument("--model", default="scratch", help="checkpoint folder or hub repo id to start from, or 'scratch'")
@@ -1493,20 +1563,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-len", type=POSITIVE, default=256, help="context length of a scratch model")
     t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the input embeddings "
                    "(PRM training then moves the +/- output rows without moving the + and - operators' embeddings)")
-    t.add_argument("--tag", default=data.STEP_TAG, help="step tag (PRM/ORM), as written after a space; one token or "
-                   "several (then read at its last token)")
     t.add_argument("--add-tag-token", action="store_true", help="if the tag is several tokens, add it to the "
                    "tokenizer as one new token (embedding row initialised to the mean, saved with the checkpoint)")
-    t.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer' "
-                   "(' +' if one token, else '+')")
-    t.add_argument("--bad", default="-", help="token meaning 'it cannot' (' -' if one token, else '-')")
     t.add_argument("--eval-problems", type=COUNT, default=200, help="sft: greedy accuracy on this many test problems at the end")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=cmd_train)
 
     lab = sub.add_parser("label", help="automatic process annotation by Monte-Carlo completions (Math-Shepherd §3.3)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, dtype],
                          description="For each problem, sample solutions; from the prefix ending at every step sample N "
                                      "completions; grade them; label the step hard (Eq. 3: any right) and soft (Eq. 4: "
                                      "fraction right). Resumable: rerun the same command to continue.")
@@ -1524,7 +1587,6 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--batch-size", type=POSITIVE, default=64, help="rows per sampler batch")
     lab.add_argument("--group", type=POSITIVE, default=8, help="problems (or input records) sampled and labeled in "
                      "shared batches: the unit of work that a resume redoes, and that torchrun ranks share out")
-    lab.add_argument("--seed", type=int, default=0, help="every record's seed derives from this and its id")
     lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and the quality report go beside it")
     lab.add_argument("--format", nargs="+", default=["records"], choices=["records", "math-shepherd", "stepwise"],
                      help="extra exports written beside --out")
@@ -1534,12 +1596,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--show", type=COUNT, default=0, metavar="K", help="print K worked examples")
     lab.add_argument("--skip-bad", action="store_true", help="count and skip bad input records instead of stopping")
     lab.add_argument("--restart", action="store_true", help="start --out afresh instead of resuming it")
-    lab.add_argument("--tag", default=data.STEP_TAG)
-    lab.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    lab.add_argument("--device", type=device_arg, default=None)
     lab.set_defaults(func=cmd_label)
     v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, weighted voting",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, signs, dtype],
                        description="Sample S solutions per problem (or read them), score each once with every reward "
                                    "model, and report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM.")
     v.add_argument("--task", default="synthetic", choices=list(data.TASKS))
@@ -1557,12 +1616,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--subsets", type=POSITIVE, default=100, help="random subsets per N")
     v.add_argument("--batch-size", type=POSITIVE, default=64)
     v.add_argument("--out", default="runs/verify")
-    v.add_argument("--tag", default=data.STEP_TAG)
-    v.add_argument("--good", default="+")
-    v.add_argument("--bad", default="-")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    v.add_argument("--device", type=device_arg, default=None)
     v.set_defaults(func=cmd_verify)
     return p
 

@@ -208,6 +208,28 @@ def test_exports_read_back_by_the_ecosystems_readers():
         assert not any("ки" in c for x in rows for c in x["completions"])
 
 
+def test_stepwise_export_read_by_trls_own_prm_trainer(tmp_path):
+    """TRL's PRMTrainer.tokenize_row (TRL 0.x; TRL 1.x has no PRM trainer) reads our stepwise rows as we wrote them:
+    each completion one step followed by the separator, its label at the step's last token."""
+    try:
+        from trl.trainer.prm_trainer import PRMTrainer
+    except ImportError as e:
+        pytest.skip(f"TRL's PRM trainer is not importable ({e}); tests/requirements.txt pins one that has it")
+    from transformers import PreTrainedTokenizerFast
+    from data import synthetic
+    synthetic.build_tokenizer(tmp_path)
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    recs = [{"id": "q/1", "problem_id": "q", "question": "Tom has 4 - 2 apples?", "gold": "1", "correct": False,
+             "steps": ["4 - 2 = 3", "3 - 1 = 2", "The answer is: 2"], "hard": [1, 0, 0], "soft": [0.5, 0.25, 0.0]}]
+    for labels, want in (("hard", [1, 0, 0]), ("soft-threshold", [1, 0, 0]), ("soft", [0, 0, 0])):
+        [row] = [json.loads(x) for x in shepherd.export(recs, "stepwise", "synthetic", labels).splitlines()]
+        out = PRMTrainer.tokenize_row(row, hf, "\n", None, None, None, False, False)
+        at = [i for i, y in enumerate(out["labels"]) if y != -100]
+        assert [out["labels"][i] for i in at] == want  # soft floats below 1 are cast to 0: why soft-threshold exists
+        starts = [len(hf(row["prompt"], add_special_tokens=False)["input_ids"])] + [i + 1 for i in at[:-1]]
+        assert [hf.decode(out["input_ids"][a:b + 1]) for a, b in zip(starts, at)] == [s + "\n" for s in recs[0]["steps"]]
+
+
 def test_reads_the_real_math_shepherd_format(tmp_path):
     rows = [{"input": "Janet has 3 ducks. How many legs? Step 1: Each duck has 2 legs. ки\nStep 2: 3 * 2 = 6 ки\n"
                       "Step 3: The answer is: 6ки", "label": "Janet has 3 ducks. How many legs? Step 1: Each duck has 2 legs. +\n"

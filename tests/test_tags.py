@@ -117,6 +117,42 @@ def test_training_scoring_labeling_and_ppo_read_the_same_positions(case):
     assert p_u[0, [last for _, last in steps_u]].tolist() == pytest.approx(got, abs=1e-6)
 
 
+@pytest.mark.parametrize("case", ["smollm2-added", "mistral-added"])
+def test_ppo_rewards_from_a_reward_model_with_the_tag_as_a_token_of_its_own(case):
+    """ppo.py with a PRM trained by train --add-tag-token: the policy writes the tag as several tokens, the reward
+    model reads it as its one added token (ppo.rm_view), and every step's reward is the score verify gives the text
+    (step_scores on the reward model's own encoding), an untagged tail included. Any other tokenizer is refused."""
+    folder, tag, _, _, _ = CASES[case]
+    if not (folder / "tokenizer.json").exists():
+        pytest.skip(f"{folder} is absent")
+    tok, rm_tok = Tokenizer(folder), Tokenizer(folder)
+    torch.manual_seed(0)
+    rm = Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=64, sliding_window=None)).eval()
+    rm.init_token_rows([rm_tok.add_token(tag)])
+    head, rm_head = PRMHead.from_tokenizer(tok, tag), ppo.reward_model_head(tok, rm_tok, tag)
+    assert len(head.tag) > 1 and rm_head.tag == (rm_tok.vocab_size - 1,)
+    prompt_text = data.format_prompt(QUESTION)
+    text = prompt_text + "\n".join(f"{s} {tag}" for s in STEPS)
+    with torch.no_grad():
+        want = step_scores(rm, torch.tensor([rm_tok.encode(text)]), rm_head)[0]
+    assert len(want) == 2
+    prompt, ids = tok.encode(prompt_text), tok.encode(text)
+    tagged = ids[len(prompt):] + [tok.eos_id]
+    untagged = ids[len(prompt):tag_positions(ids, head.tag)[-1] + 1 - len(head.tag)] + [tok.eos_id]
+    steps = [ppo.response_steps(r, head.tag, True, tok.decode) for r in (tagged, untagged)]
+    assert [len(s) for s in steps] == [2, 2]
+    with torch.no_grad():
+        p = ppo.step_end_probs(rm, [prompt] * 2, [tagged, untagged], steps, head, 0, "cpu", rm_head)
+    for b in range(2):
+        assert p[b, [last for _, last in steps[b]]].tolist() == pytest.approx(want, abs=1e-6)
+    other = Tokenizer(folder)
+    other.add_token("<step2>")
+    with pytest.raises(shepherd.InputError, match="the reward model's tokenizer differs"):
+        ppo.reward_model_head(tok, other, tag)
+
+
 @needs(MISTRAL)
 def test_mistral_defaults_are_the_released_prms():
     head = PRMHead.from_tokenizer(Tokenizer(MISTRAL))
