@@ -474,24 +474,36 @@ def resolve_checkpoint(path_or_repo: str | Path) -> Path:
     if p.exists() or str(path_or_repo).startswith((".", "/")) or str(path_or_repo).count("/") != 1:
         raise FileNotFoundError(f"{path_or_repo}: not a checkpoint folder (and not a hub repo id like 'org/name')")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     repo = str(path_or_repo)
+    offline = lambda what: FileNotFoundError(f"{repo}: {what} is not in the local hub cache, and the hub cannot "  # noqa
+                                             f"be reached (HF_HUB_OFFLINE=1, or no network)")
     get = lambda name: Path(hf_hub_download(repo, name))  # noqa: E731
-    folder = get("config.json").parent
+    try:
+        folder = get("config.json").parent
+    except LocalEntryNotFoundError:
+        raise offline("config.json") from None
     for name in TOKENIZER_FILES:
         try:
             get(name)
-        except EntryNotFoundError:
+        except EntryNotFoundError:  # not in the repo (or offline and not cached: the checks below name what is missing)
             pass
     try:
         index = json.loads(get("model.safetensors.index.json").read_text())
-        for name in sorted(set(index["weight_map"].values())):
-            get(name)
-    except EntryNotFoundError:
+    except EntryNotFoundError:  # one consolidated file instead
         try:
             get("model.safetensors")
+        except LocalEntryNotFoundError:
+            raise offline("model.safetensors (or model.safetensors.index.json)") from None
         except EntryNotFoundError:
-            raise FileNotFoundError(f"{repo}: no safetensors weights on the hub (pickled .bin files are refused)") from None
+            raise FileNotFoundError(f"{repo}: no safetensors weights on the hub (pickled .bin files are refused)") \
+                from None
+        return folder
+    for name in sorted(set(index["weight_map"].values())):
+        try:
+            get(name)
+        except LocalEntryNotFoundError:
+            raise offline(f"shard {name}") from None
     return folder
 
 

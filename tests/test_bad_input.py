@@ -352,8 +352,41 @@ def test_a_hub_id_the_hub_cannot_provide_is_one_line(tmp_path):
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1, r.stderr
-    assert err[0].startswith("error: --model: nobody-here/no-such-model: not a checkpoint folder, and the hub did not"), err
+    assert err[0].startswith("error: --model: nobody-here/no-such-model: config.json is not in the local hub cache, "
+                             "and the hub cannot be reached (HF_HUB_OFFLINE=1"), err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("missing, want", [
+    ("model-00002-of-00002.safetensors", "shard model-00002-of-00002.safetensors is not in the local hub cache"),
+    ("model.safetensors.index.json", "model.safetensors (or model.safetensors.index.json) is not in the local hub"),
+])
+def test_offline_with_a_file_missing_from_the_hub_cache_names_it(tmp_path, missing, want):
+    """A hub cache (laid out as huggingface_hub keeps it) that lacks one file, offline: the error names the repo, the
+    file and offline mode, not 'no safetensors weights on the hub'."""
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(POLICY, snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (snap / "model.safetensors").rename(snap / names[0])
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": names[0], "b": names[1]}}))
+    if missing != names[1]:
+        (snap / missing).unlink()
+    r = subprocess.run([sys.executable, str(ROOT / "shepherd.py"), "train", "--model", "org/tiny", "--out",
+                        str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert err[0].startswith(f"error: --model: org/tiny: {want}") and "HF_HUB_OFFLINE=1" in err[0], err
+    assert not (tmp_path / "m").exists()
+    shutil.copy(snap / names[0], snap / names[1])  # the whole checkpoint cached: offline, it resolves to the snapshot
+    if missing == "model.safetensors.index.json":
+        (snap / missing).write_text(json.dumps({"weight_map": {"a": names[0], "b": names[1]}}))
+    r = subprocess.run([sys.executable, "-c", "import model; print(model.resolve_checkpoint('org/tiny'))"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert r.returncode == 0 and Path(r.stdout.strip()) == snap, r.stderr
 
 
 def test_a_nan_loss_at_step_0_names_no_checkpoint_and_leaves_nothing(tmp_path, capsys, monkeypatch):
