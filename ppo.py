@@ -1,22 +1,20 @@
-"""Step-by-step PPO over process-reward-model step rewards (Math-Shepherd §3.5):  torchrun ppo.py
+"""Step-by-step PPO over process-reward-model step rewards (Math-Shepherd §3.5).
 
-    torchrun ppo.py                          # synthetic world: the tiny policy + a PRM built and cached here
-    torchrun --nproc_per_node 2 ppo.py       # data-parallel (gloo on CPU, NCCL on GPU): the same run, split
-    torchrun ppo.py --reward orm             # the paper's ORM-PPO baseline: one outcome score per response
-    torchrun --nproc_per_node 8 ppo.py --task gsm8k --policy SFT_DIR --reward-model PRM_DIR --fsdp   # 7B scale
+    torchrun ppo.py                     # synthetic world: tiny policy + a PRM built and cached here
+    torchrun --nproc_per_node 2 ppo.py  # data-parallel (gloo on CPU, NCCL on GPU): the same run
+    torchrun ppo.py --reward orm        # the paper's ORM-PPO baseline: one score per response
+    torchrun --nproc_per_node 8 ppo.py --task gsm8k --policy SFT_DIR --reward-model PRM_DIR --fsdp
 
-Math-Shepherd §3.5 rewards a sampled solution at the end of each of its steps with the PRM's score of that step;
-PPO (Schulman et al. 2017) with GAE (Schulman et al. 2016) turns the rewards into updates. The paper fixes the KL
-coefficient (0.04), the learning rate (1e-7 cosine to 1e-8 for Mistral-7B) and the length (512); epochs, batches,
-GAE and the value model are not given: ours are chosen, and said, where they happen.
+Math-Shepherd §3.5 rewards a sampled solution at the end of each step with the PRM's score of that
+step; PPO (Schulman et al. 2017) with GAE (Schulman et al. 2016) turns the rewards into updates.
+The paper fixes the KL coefficient (0.04), the learning rate (1e-7 cosine to 1e-8 for Mistral-7B)
+and the length (512); epochs, batches, GAE and the value model are ours, said where they happen.
 
-Read top to bottom: Config; the models (value model, the reward model built if absent); the token grid; rewards;
-GAE; the losses; one rollout; one update; checkpoints; the loop.
-
-The token grid, used everywhere: a batch is right-padded `ids` (B, S) = prompt + response + padding. The response
-grid (B, R) has one column per response token k of a row: `act` is the token, `pos` the position whose logits
-predict it (prompt_len - 1 + k, the state before the action), `mask` whether it exists. Log-probs, values,
-rewards and advantages all live on this grid: padding is a False in `mask`, never a test on a token id.
+The token grid, used everywhere: a batch is right-padded `ids` (B, S) = prompt + response +
+padding. The response grid (B, R) has one column per response token k of a row: `act` is the
+token, `pos` the position whose logits predict it (prompt_len - 1 + k, the state before the
+action), `mask` whether it exists. Log-probs, values, rewards and advantages all live on this
+grid: padding is a False in `mask`, never a test on a token id.
 """
 from __future__ import annotations
 
@@ -51,24 +49,32 @@ def opt(default, help: str):
 @dataclass
 class Config:
     task: str = opt("synthetic", "task (data.TASKS): the prompts and the grader")
-    tag: str = opt(data.STEP_TAG, "the step tag the policy writes and the reward model reads (one token or several)")
-    policy: str = opt("", "SFT policy checkpoint (default: the synthetic world's tiny policy); also the frozen reference")
-    reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); orm: one outcome score at the "
-                             "end; truth: exact step labels as p(+), an oracle PRM (tasks with step_truth: diagnosis)")
-    reward_model: str = opt("", "reward model checkpoint; default: built (labels from the policy, fine-tuned from "
-                                "--rm-base) and cached in runs/ppo-rm/")
+    tag: str = opt(data.STEP_TAG, "the step tag the policy writes and the reward model reads "
+                                  "(one token or several)")
+    policy: str = opt("", "SFT policy checkpoint (default: the synthetic world's tiny policy); "
+                          "also the frozen reference")
+    reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); "
+                             "orm: one outcome score at the end; truth: exact step labels as p(+), "
+                             "an oracle PRM (tasks with step_truth: diagnosis)")
+    reward_model: str = opt("", "reward model checkpoint; default: built (labels from the policy, "
+                                "fine-tuned from --rm-base) and cached in runs/ppo-rm/")
     out: str = opt("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
     restart: bool = opt(False, "ignore a checkpoint in --out")
-    seed: int = opt(0, "every random choice derives from it (rollout seeds, prompt order, minibatch shuffles)")
+    seed: int = opt(0, "every random choice derives from it "
+                       "(rollout seeds, prompt order, minibatch shuffles)")
     iterations: int = opt(30, "rollout + update rounds")
     batch_size: int = opt(128, "prompts per iteration (global), one sampled response each")
     max_new_tokens: int = opt(128, "response length limit (the paper: 512 tokens in all)")
-    temperature: float = opt(1.0, "the policy being trained IS softmax(logits / temperature), in sampling and training")
-    kl_coef: float = opt(0.04, "beta of the per-token KL penalty to the reference (Math-Shepherd: 0.04)")
+    temperature: float = opt(1.0, "the policy being trained IS softmax(logits / temperature), "
+                                  "in sampling and training")
+    kl_coef: float = opt(0.04, "beta of the per-token KL penalty to the reference "
+                               "(Math-Shepherd: 0.04)")
     reward_center: float = opt(0.5, "subtracted from every reward-model score (see score_rewards)")
-    no_answer_penalty: float = opt(-1.0, "added at the last token of a response that ends without a final answer")
+    no_answer_penalty: float = opt(-1.0, "added at the last token of a response that ends "
+                                         "without a final answer")
     epochs: int = opt(4, "PPO epochs over each batch of rollouts")
-    minibatch_size: int = opt(64, "rows per optimizer step (global): few, large steps; rewards are noisy")
+    minibatch_size: int = opt(64, "rows per optimizer step (global): few, large steps; "
+                                  "rewards are noisy")
     micro_batch: int = opt(16, "rows per forward/backward on one rank (gradient accumulation)")
     clip: float = opt(0.2, "PPO ratio clip epsilon")
     value_clip: float = opt(0.2, "value clip: a new value may move this far from the rollout's")
@@ -80,39 +86,52 @@ class Config:
     warmup: int = opt(10, "optimizer steps of linear warmup")
     weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)")
     max_grad_norm: float = opt(1.0, "gradient-norm clipping, per model")
-    critic_init: str = opt("reward", "value backbone from the reward model ('reward') or the policy ('policy')")
-    eval_every: int = opt(10, "held-out greedy accuracy every this many iterations (and at the end)")
-    eval_problems: int = opt(500, "held-out problems for it (the task's val split; test where it has none)")
+    critic_init: str = opt("reward", "value backbone from the reward model ('reward') "
+                                     "or the policy ('policy')")
+    eval_every: int = opt(10, "held-out greedy accuracy every this many iterations "
+                              "(and at the end)")
+    eval_problems: int = opt(500, "held-out problems for it "
+                                  "(the task's val split; test where it has none)")
     test_problems: int = opt(500, "test problems for the final greedy accuracy (0: none)")
     save_every: int = opt(10, "checkpoint every this many iterations (and at the end)")
-    rm_problems: int = opt(400, "reward-model build: problems to label (4 solutions x 4 completions each)")
+    rm_problems: int = opt(400, "reward-model build: problems to label "
+                                "(4 solutions x 4 completions each)")
     rm_steps: int = opt(300, "reward-model build: training steps")
-    rm_base: str = opt("", "reward-model build: the base it is fine-tuned from (default: the synthetic world's "
-                           "verifier base with the default policy, else the policy)")
+    rm_base: str = opt("", "reward-model build: the base it is fine-tuned from (default: the "
+                           "synthetic world's verifier base with the default policy, "
+                           "else the policy)")
     device: str = opt("", "cpu or cuda (default: cuda if available)")
-    dtype: str = opt("auto", "float32 | bfloat16 for the frozen reward model and FSDP compute (auto: bf16 on CUDA)")
-    fsdp: bool = opt(False, "shard every model with FSDP2 (fully_shard) instead of replicating it (7B scale)")
+    dtype: str = opt("auto", "float32 | bfloat16 for the frozen reward model and FSDP compute "
+                             "(auto: bf16 on CUDA)")
+    fsdp: bool = opt(False, "shard every model with FSDP2 (fully_shard) instead of replicating it "
+                            "(7B scale)")
     quiet: bool = opt(False, "no progress bar")
 
 
 # the numbers a user can get wrong, checked by argparse before anything runs (shepherd.in_range)
-RANGES = {**dict.fromkeys(["iterations", "batch_size", "max_new_tokens", "epochs", "minibatch_size", "micro_batch",
-                           "eval_every", "save_every", "rm_problems", "rm_steps"], shepherd.POSITIVE),
+RANGES = {**dict.fromkeys(["iterations", "batch_size", "max_new_tokens", "epochs", "minibatch_size",
+                           "micro_batch", "eval_every", "save_every", "rm_problems", "rm_steps"],
+                          shepherd.POSITIVE),
           **dict.fromkeys(["eval_problems", "test_problems", "warmup"], shepherd.COUNT),
-          **dict.fromkeys(["temperature", "lr", "critic_lr", "clip", "value_clip", "max_grad_norm"], shepherd.RATE),
+          **dict.fromkeys(["temperature", "lr", "critic_lr", "clip", "value_clip", "max_grad_norm"],
+                          shepherd.RATE),
           **dict.fromkeys(["kl_coef", "weight_decay"], shepherd.NONNEG),
           **dict.fromkeys(["gamma", "lam", "min_lr_ratio", "reward_center"], shepherd.FRACTION)}
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(prog="ppo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="ppo.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f.metadata["help"])
         else:
-            kind = (lambda s: s and shepherd.device_arg(s)) if f.name == "device" else RANGES.get(f.name, type(f.default))
-            p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + f" ({f.default})")
+            kind = ((lambda s: s and shepherd.device_arg(s)) if f.name == "device"
+                    else RANGES.get(f.name, type(f.default)))
+            p.add_argument(flag, type=kind, default=f.default,
+                           help=f.metadata["help"] + f" ({f.default})")
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.reward not in ("prm", "orm", "truth") or cfg.critic_init not in ("reward", "policy"):
         p.error("--reward is prm, orm or truth; --critic-init is reward or policy")
@@ -121,22 +140,22 @@ def parse_args(argv=None) -> Config:
     return cfg
 
 
-# what a resumed run must share with the run that wrote its checkpoint (the rest only says where and how much to log)
-NOT_ALGORITHM = {"out", "restart", "quiet", "device", "eval_every", "eval_problems", "test_problems", "save_every"}
+# a resume may change these (where and how much to log); all else must match its checkpoint
+NOT_ALGORITHM = {"out", "restart", "quiet", "device", "eval_every", "eval_problems",
+                 "test_problems", "save_every"}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The models: policy (trained), reference (frozen policy), reward model (frozen), value model (trained)
+# --------------------------------------------------------------------------------------------------
+# The models: policy and value model (trained), reference policy and reward model (frozen)
 
 
 class ValueModel(nn.Module):
-    """V(prefix) = a scalar head on a transformer's last hidden state (the backbone saves in Hugging Face layout).
+    """V(prefix) = a scalar head on a transformer's last hidden state (backbone saved in HF layout).
 
-    The backbone starts from the reward model by default (as InstructGPT starts its value function from the RM): a
-    PRM's hidden state at a prefix already encodes "can this still reach the answer", which is what the value of a
-    prefix tracks under step rewards. The head starts at ZERO, so the first values are 0 rather than noise (the
-    first advantages are plain rewards-to-go) and the first optimizer step moves the head alone (a zero head passes
-    no gradient back); from the second step on, AdamW trains the backbone with it."""
+    The backbone starts from the reward model by default, as InstructGPT's value function does: a
+    PRM's hidden state at a prefix already encodes "can this still reach the answer". The head
+    starts at zero, so the first advantages are plain rewards-to-go and the first optimizer step
+    moves the head alone (a zero head passes no gradient back), the backbone from the second on."""
 
     def __init__(self, backbone: Transformer):
         super().__init__()
@@ -144,62 +163,66 @@ class ValueModel(nn.Module):
         self.head = nn.Linear(backbone.config.hidden_size, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        if not backbone.config.tie_word_embeddings:  # the LM head is unused: frozen, so no rank waits on its grads
+        # an untied LM head is unused: frozen, so no rank waits on its gradients
+        if not backbone.config.tie_word_embeddings:
             backbone.lm_head.weight.requires_grad_(False)
 
     def forward(self, ids):
-        # (B, S); sum over the size-1 dim rather than squeeze: a module returning a view makes FSDP2 warn
+        # (B, S); sum the size-1 dim rather than squeeze: FSDP2 warns on a module returning a view
         return self.head(self.backbone(ids, return_hidden=True)).float().sum(-1)
 
 
 def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
-    """--reward-model, or one built with shepherd.py and cached: label the policy's solutions (Math-Shepherd §3.3,
-    hard estimation) then fine-tune a PRM (Eq. 2) or an ORM (Eq. 1) from the verifier base on the same labels. Under
-    torchrun every rank takes part (shepherd.py shards the labeling and trains data-parallel)."""
+    """--reward-model, or one built with shepherd.py and cached: label the policy's solutions
+    (Math-Shepherd §3.3, hard estimation), then fine-tune a PRM (Eq. 2) or an ORM (Eq. 1) from the
+    verifier base on the same labels. Under torchrun every rank takes part."""
     if cfg.reward_model:
         return cfg.reward_model
     base = cfg.rm_base or policy_dir
     if not cfg.rm_base and Path(policy_dir).resolve() == Path(synthetic.POLICY_DIR).resolve() \
             and (Path(synthetic.VERIFIER_DIR) / "config.json").exists():
-        base = synthetic.VERIFIER_DIR  # the paper's setting: the verifier is stronger at checking than the policy
-    w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy (new file) gets a new cache entry
+        base = synthetic.VERIFIER_DIR  # as in the paper: a stronger verifier than the policy
+    w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy: a new cache key
     wb = next(Path(base).glob("model*.safetensors*"))
-    key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns, Path(base).resolve(),
-                   wb.stat().st_size, wb.stat().st_mtime_ns, cfg.rm_problems, cfg.rm_steps, cfg.tag)
-    cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"  # one per policy, not per seed
+    key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns,
+                   Path(base).resolve(), wb.stat().st_size, wb.stat().st_mtime_ns,
+                   cfg.rm_problems, cfg.rm_steps, cfg.tag)
+    # one cache per policy, not per seed
+    cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"
     kind = "orm" if cfg.reward == "orm" else "prm"  # truth: the PRM still starts the critic
     path = cache / kind
     if not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
         if d.main:
             print(f"building the {kind.upper()} in {path} (once; cached)", flush=True)
-        labels, done = cache / "labels.jsonl", cache / "labels.done"  # one labeling serves the PRM and the ORM
+        labels, done = cache / "labels.jsonl", cache / "labels.done"  # serves the PRM and the ORM
         if not done.exists():  # resumable
-            shepherd.run("label", model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems, num_solutions=4,
-                         num_completions=4, max_new_tokens=96, seed=0, out=labels)
+            shepherd.run("label", model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems,
+                         num_solutions=4, num_completions=4, max_new_tokens=96, seed=0, out=labels)
             if d.main:
                 done.touch()
-        shepherd.run("train", objective=kind, tag=cfg.tag, data=labels, model=base, out=path, steps=cfg.rm_steps,
-                     batch_size=32, lr=5e-4, warmup=30, eval_every=100, heldout=0.1, seed=0)
+        shepherd.run("train", objective=kind, tag=cfg.tag, data=labels, model=base, out=path,
+                     steps=cfg.rm_steps, batch_size=32, lr=5e-4, warmup=30, eval_every=100,
+                     heldout=0.1, seed=0)
     barrier(d)
     return str(path)
 
 
 def shard(model: nn.Module, cfg: Config, dtype: torch.dtype):
-    """FSDP2: every decoder layer its own unit (its weights gathered just for its forward/backward), then the root.
-    Parameters are stored fp32 (trained models) and computed in `dtype`; gradients are reduced in fp32."""
+    """FSDP2: each decoder layer its own unit (weights gathered just for its forward/backward), then
+    the root. Parameters are stored fp32 and computed in `dtype`; gradients are reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in getattr(model, "backbone", model).model.layers:
         fully_shard(layer, mp_policy=mp)
-    # the root unit (embeddings, final norm, LM head, value head) keeps its weights gathered after forward, so the
-    # LM head may be used outside the forward (token_logprobs, step_logits) as in a plain module
+    # the root unit (embeddings, final norm, LM head, value head) stays gathered after forward, so
+    # the LM head may be used outside forward (token_logprobs, step_logits) as in a plain module
     fully_shard(model, mp_policy=mp)
 
 
 @contextlib.contextmanager
 def full_params(model: nn.Module, cfg: Config):
-    """Generation under FSDP: gather every unit's weights once and keep them until the end (the sampler calls the
-    model hundreds of times; without this each call would all-gather, and ranks with different lengths would hang)."""
+    """Generation under FSDP: gather every unit's weights once, until the end (the sampler calls the
+    model hundreds of times: each would all-gather, and ranks of different lengths would hang)."""
     if not cfg.fsdp:
         yield
         return
@@ -219,10 +242,10 @@ def full_params(model: nn.Module, cfg: Config):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP keeps the model in .module; FSDP2 shards it in place
+    return getattr(model, "module", model)  # DDP keeps the model in .module; FSDP2 shards in place
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The token grid
 
 
@@ -232,20 +255,20 @@ def pad_rows(rows: list[list], value, dtype, device, width: int | None = None) -
 
 
 def make_grid(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device) -> dict:
-    """ids (B, S) right-padded prompt + response; on the response grid (B, R): act, pos, mask (see the docstring).
-    Masks come from lengths, never from ids == pad: the pad id only has to differ from EOS and from the step tag."""
+    """ids (B, S) right-padded prompt + response; on the response grid (B, R): act, pos, mask.
+    Masks come from lengths, never ids == pad: the pad id need only differ from EOS and the tag."""
     P = torch.tensor([len(p) for p in prompts], device=device)
     L = torch.tensor([len(r) for r in responses], device=device)
     k = torch.arange(int(L.max()), device=device)
     mask = k[None] < L[:, None]
-    pos = torch.where(mask, P[:, None] - 1 + k[None], P[:, None] - 1)  # padding columns point at a real position
+    pos = torch.where(mask, P[:, None] - 1 + k[None], P[:, None] - 1)  # padding: a real position
     return {"ids": pad_rows([p + r for p, r in zip(prompts, responses)], pad_id, torch.long, device),
             "act": pad_rows(responses, pad_id, torch.long, device), "pos": pos, "mask": mask}
 
 
 def token_logprobs(model: nn.Module, g: dict, temperature: float, entropy: bool = False):
-    """log pi(act_k | prefix) on the response grid, (B, R), from ONE forward pass over prompt + response; and the
-    policy's entropy at each position. Only the hidden states at grid positions meet the LM head."""
+    """log pi(act_k | prefix) on the response grid (B, R), from ONE forward over prompt + response,
+    and the policy's entropy there. Only the hidden states at grid positions meet the LM head."""
     hidden = model(g["ids"], return_hidden=True)
     h = hidden.gather(1, g["pos"][..., None].expand(-1, -1, hidden.shape[-1]))
     logp = (unwrap(model).lm_head(h).float() / temperature).log_softmax(-1)
@@ -255,24 +278,24 @@ def token_logprobs(model: nn.Module, g: dict, temperature: float, entropy: bool 
 
 
 def step_probs(rm: nn.Module, g: dict, head: PRMHead) -> torch.Tensor:
-    """The reward model's p(+) = softmax([l+, l-])[0] read AT each response token (the token's own position, pos + 1):
-    at a tag, that step's score, exactly where shepherd.py trained it (model.step_logits, one function)."""
+    """The reward model's p(+) = softmax([l+, l-])[0] read AT each response token (its own position,
+    pos + 1): at a tag, that step's score, where shepherd.py trained it (model.step_logits)."""
     return step_logits(rm, g["ids"], head).softmax(-1)[..., 0].gather(1, g["pos"] + 1)
 
 
 def grid_values(critic: nn.Module, g: dict) -> torch.Tensor:
-    return critic(g["ids"]).gather(1, g["pos"])  # V(s_k): the value of the prefix before response token k
+    return critic(g["ids"]).gather(1, g["pos"])  # V(s_k): the prefix before response token k
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Rewards (Math-Shepherd §3.5)
 
 
 def response_steps(tokens: list[int], tag, stopped: bool, decode) -> list[tuple[int, int]]:
-    """A response's steps as (first, last) token indices: the tokens up to and including each tag (its last token:
-    model.tag_positions, where the PRM was trained), then the untagged tail (what follows the last tag, the stop token
-    excluded) if it holds any text. The one definition of a step that rewards, the oracle and the logged counts
-    share: an answer written without its tag is still a step, and scored."""
+    """A response's steps as (first, last) token indices: the tokens up to and including each tag
+    (its last token: model.tag_positions, where the PRM was trained), then the untagged tail (the
+    stop token excluded) if it holds any text. The one definition of a step that rewards, the
+    oracle and the logged counts share: an answer written without its tag is still a scored step."""
     steps, first = [], 0
     for k in tag_positions(tokens, tag):
         steps.append((first, k))
@@ -284,7 +307,7 @@ def response_steps(tokens: list[int], tag, stopped: bool, decode) -> list[tuple[
 
 
 def response_text(tok: Tokenizer, head: PRMHead, ids) -> str:
-    """What the policy wrote, in the format graders and step truth read (its own --tag written back as ки)."""
+    """What the policy wrote, as graders and step truth read it (its --tag written back as ки)."""
     return data.from_model_tag(tok.decode(ids), head.text)
 
 
@@ -298,20 +321,21 @@ def end_mask(steps: list[list[tuple[int, int]]], shape) -> torch.Tensor:
 
 
 def reward_model_head(tok: Tokenizer, rm_tok: Tokenizer, tag: str) -> PRMHead:
-    """The reward model's head in its own tokens. It reads the policy's tokens (the same tokenizer), or the same
-    with the tag one token of its own (train --add-tag-token: the policy's vocabulary plus ' ' + tag)."""
+    """The reward model's head in its own tokens: the policy's (same tokenizer), or those with the
+    tag one token of its own (train --add-tag-token: the policy's vocabulary plus ' ' + tag)."""
     head = shepherd.prm_head(rm_tok, tag)
     mine, its = tok.tok.get_vocab(), rm_tok.tok.get_vocab()
     extra = {k for k, v in its.items() if mine.get(k) != v}
-    added = extra == {" " + tag} and len(its) == len(mine) + 1 and len(shepherd.prm_head(tok, tag).tag) > 1
+    added = (extra == {" " + tag} and len(its) == len(mine) + 1
+             and len(shepherd.prm_head(tok, tag).tag) > 1)
     if not added or (tok.prefix, tok.suffix) != (rm_tok.prefix, rm_tok.suffix):
         shepherd.same_tokenizer(tok, rm_tok, "the reward model")
     return head
 
 
 def rm_view(ids: list[int], tag, rm_tag) -> tuple[list[int], list[int]]:
-    """Policy tokens as the reward model reads them: each tag written as the reward model's (the identity when both
-    share a tokenizer), and where each policy token lands (a tag's tokens all land on the reward model's last)."""
+    """Policy tokens as the reward model reads them (each tag written as the reward model's), and
+    where each policy token lands there (a tag's tokens all land on the reward model's last)."""
     starts, out, where, i = {k - len(tag) + 1 for k in tag_positions(ids, tag)}, [], [], 0
     while i < len(ids):
         n = len(tag) if i in starts else 1
@@ -323,28 +347,30 @@ def rm_view(ids: list[int], tag, rm_tag) -> tuple[list[int], list[int]]:
 
 def step_end_probs(rm: nn.Module, prompts, responses, steps, head: PRMHead, pad_id: int, device,
                    rm_head: PRMHead | None = None) -> torch.Tensor:
-    """The reward model's p(+) for every step, on the response grid at the step's last token. A tagged step is read
-    at its tag (model.step_logits, where shepherd.py trained it); the untagged tail is read at a tag appended after it,
-    so it scores as if it had been tagged: dropping the tag neither escapes a step's score nor earns a different one.
-    rm_head: the reward model's head when its tag is a token of its own (reward_model_head), else head."""
+    """The reward model's p(+) for every step, on the response grid at the step's last token. A
+    tagged step is read at its tag (model.step_logits, where shepherd.py trained it); the untagged
+    tail at a tag appended after it, so dropping the tag neither escapes a step's score nor earns a
+    different one. rm_head: the reward model's head if its tag is a token of its own, else head."""
     rm_head = rm_head or head
     views = [rm_view(r, head.tag, rm_head.tag) for r in responses]
     tagged = [set(tag_positions(r, head.tag)) for r in responses]
-    tail = [bool(s) and s[-1][1] not in t for s, t in zip(steps, tagged)]  # the last step has no tag of its own
-    read = [v[:w[s[-1][1]] + 1] + list(rm_head.tag) if u else v for (v, w), s, u in zip(views, steps, tail)]
-    p = step_probs(rm, make_grid([rm_view(q, head.tag, rm_head.tag)[0] for q in prompts], read, pad_id, device),
-                   rm_head).float().cpu()
+    tail = [bool(s) and s[-1][1] not in t for s, t in zip(steps, tagged)]  # last step has no tag
+    read = [v[:w[s[-1][1]] + 1] + list(rm_head.tag) if u else v
+            for (v, w), s, u in zip(views, steps, tail)]
+    p = step_probs(rm, make_grid([rm_view(q, head.tag, rm_head.tag)[0] for q in prompts], read,
+                                 pad_id, device), rm_head).float().cpu()
     out = torch.zeros(len(responses), max(map(len, responses)))
     for b, (row, (_, w)) in enumerate(zip(steps, views)):
         for k, (_, last) in enumerate(row):
-            out[b, last] = p[b, w[last] + len(rm_head.tag) if tail[b] and k == len(row) - 1 else w[last]]
+            out[b, last] = p[b, w[last] + len(rm_head.tag) if tail[b] and k == len(row) - 1
+                             else w[last]]
     return out.to(device)
 
 
 def oracle_step_probs(task, problems, responses, steps, decode, device) -> torch.Tensor:
-    """--reward truth: p(+) = 1 at the end of a step the task's exact step truth accepts, else 0 (the steps of
-    response_steps, so truths never shift onto the wrong tag). A perfect PRM, to tell a weak reward model from a weak
-    PPO (the synthetic world only)."""
+    """--reward truth: p(+) = 1 at the end of a step the task's exact step truth accepts, else 0
+    (response_steps' steps, so truths never shift onto the wrong tag). A perfect PRM, to tell a
+    weak reward model from a weak PPO (the synthetic world only)."""
     p = torch.zeros(len(responses), max(map(len, responses)))
     for b, (problem, r, row) in enumerate(zip(problems, responses, steps)):
         texts = [" ".join(data.split_steps(decode(r[first:last + 1]))) for first, last in row]
@@ -353,24 +379,25 @@ def oracle_step_probs(task, problems, responses, steps, decode, device) -> torch
     return p.to(device)
 
 
-def score_rewards(ends, p_end, mask, answered, *, kind: str, center: float, penalty: float) -> torch.Tensor:
-    """The reward model's part of the reward, on the response grid (B, R). ends: each step's last token (end_mask);
-    p_end: the reward model's p(+) for the step ending there (step_end_probs).
-
-    prm: each step's reward sits on that step's last token and is its p(+).
-    orm: one score per response on its last token: p(+) of the response's last step (read at its tag, where Eq. 1
-         trained the ORM); a response without any step scores `center`.
-    Centered: score - center. With gamma = 1 the return is the SUM of step rewards, so raw p(+) in [0, 1] would pay
-    up to +1 per extra step, however doubtful: the known hack of writing more (or filler) steps. Centered at 0.5, a
-    step the PRM doubts costs reward instead, and only steps judged good add any.
-    A response without a final answer (`answered` False: it hit the length limit, or stopped early) gets `penalty`
-    on its last token: otherwise stopping before a risky step, or rambling until cut off, would cost nothing."""
+def score_rewards(ends, p_end, mask, answered, *, kind: str, center: float,
+                  penalty: float) -> torch.Tensor:
+    """The reward model's part of the reward on the response grid (B, R). ends: each step's last
+    token (end_mask); p_end: the reward model's p(+) of the step ending there (step_end_probs).
+    prm: each step's p(+), on that step's last token.
+    orm: one score, on the response's last token: p(+) of its last step (read at its tag, where
+         Eq. 1 trained the ORM); `center` for a response without any step.
+    Scores are centered (- center): with gamma = 1 the return SUMS step rewards, so raw p(+) would
+    pay for every extra step, however doubtful (the known hack of writing more, or filler, steps);
+    centered at 0.5, a doubted step costs reward. A response without a final answer (`answered`
+    False) gets `penalty` on its last token, or stopping before a risky step, or rambling until cut
+    off, would cost nothing."""
     ends = ends & mask
     k = torch.arange(mask.shape[1], device=mask.device)
-    last = (mask.sum(1) - 1)[:, None]  # the response's last token (EOS, or the token the limit cut at)
+    last = (mask.sum(1) - 1)[:, None]  # the response's last token (EOS, or where the limit cut)
     if kind == "orm":
         last_end = torch.where(ends, k, -1).max(1).values  # -1: no step
-        s = torch.where(last_end >= 0, p_end.gather(1, last_end.clamp(min=0)[:, None])[:, 0], center) - center
+        s = torch.where(last_end >= 0, p_end.gather(1, last_end.clamp(min=0)[:, None])[:, 0],
+                        center) - center
         score = torch.zeros_like(p_end).scatter(1, last, s[:, None])
     else:  # prm (and truth, an exact PRM)
         score = torch.where(ends, p_end - center, 0.0)
@@ -378,24 +405,24 @@ def score_rewards(ends, p_end, mask, answered, *, kind: str, center: float, pena
 
 
 def total_rewards(score, old_lp, ref_lp, mask, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_k = score_k - beta (log pi_old(a_k) - log pi_ref(a_k)) on every response token (Math-Shepherd §3.5: beta =
-    0.04). The KL term is the per-sample estimate log(pi/pi_ref) of KL(pi || pi_ref), whose sum over a response is an
-    unbiased estimate of the sequence KL. Zero on padding. Returns (rewards, kl per token)."""
+    """r_k = score_k - beta (log pi_old(a_k) - log pi_ref(a_k)) per response token, 0 on padding
+    (Math-Shepherd §3.5: beta = 0.04); the KL term summed over a response is an unbiased estimate
+    of the sequence KL(pi || pi_ref). Returns (rewards, kl per token)."""
     kl = (old_lp - ref_lp) * mask
     rewards = (score - kl_coef * kl) * mask
     return rewards, kl
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GAE
 
 
 def gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalized advantage estimation (Schulman et al. 2016), backward over each row's response tokens:
-        delta_k = r_k + gamma V(s_{k+1}) - V(s_k)              (Eq. 9; V after the last token is 0: the episode ends,
-                                                                 at EOS or at the length limit, which is penalised)
-        A_k     = delta_k + gamma lambda A_{k+1}                (Eq. 16, as a recursion)
-        returns_k = A_k + V(s_k)                                (the lambda-return: the value target)
+    """Generalized advantage estimation (Schulman et al. 2016), backward over each row's tokens:
+        delta_k   = r_k + gamma V(s_{k+1}) - V(s_k)   (Eq. 9; V after the last token is 0: the
+                                                       episode ends, at EOS or the length limit)
+        A_k       = delta_k + gamma lambda A_{k+1}    (Eq. 16, as a recursion)
+        returns_k = A_k + V(s_k)                      (the lambda-return: the value target)
     Padding columns get 0 and are never read as a "next" state (masks are prefixes of the row)."""
     B, R = rewards.shape
     adv = torch.zeros_like(rewards)
@@ -412,32 +439,34 @@ def gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, 
 
 
 def whiten(x, mask, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the valid tokens of the whole batch: the policy step's scale no longer depends on the
-    reward's scale, and the mean advantage is 0 (a baseline on top of the critic's)."""
+    """(x - mean) / std over the valid tokens of the whole batch: the policy step's scale no longer
+    depends on the reward's, and the mean advantage is 0 (a baseline on top of the critic's)."""
     v = x[mask]
     return torch.where(mask, (x - v.mean()) / (v.var(unbiased=False) + eps).sqrt(), 0.0)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The losses (PPO, Schulman et al. 2017)
 
 
 def policy_loss(lp, old_lp, adv, clip: float):
-    """Per token (the caller sums over the mask): PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), negated:
-    max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), rho = pi / pi_old. A token stops pulling once its ratio has moved
-    eps in the direction its advantage wants; a move the other way is never clipped. Returns (loss, rho)."""
+    """Per token (the caller sums over the mask): PPO's clipped surrogate (Schulman et al. 2017,
+    Eq. 7), negated: max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), rho = pi / pi_old. A token stops
+    pulling once its ratio has moved eps the way its advantage wants; a move the other way is never
+    clipped. Returns (loss, rho)."""
     ratio = (lp - old_lp).exp()
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)), ratio
 
 
 def value_loss(values, old_values, returns, value_clip: float):
-    """Per token: 0.5 max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, +-value_clip): the pessimistic
-    of the two, so one batch cannot drag the critic far from the values the advantages were computed with."""
+    """Per token: 0.5 max((V - R)^2, (V_c - R)^2), V_c = V_old + clip(V - V_old, +-value_clip): the
+    pessimistic of the two, so one batch cannot drag the critic far from the values the advantages
+    were computed with."""
     v_clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
     return 0.5 * torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # One rollout: generate (sampler.py), then score every response in single forward passes
 
 
@@ -454,37 +483,44 @@ class Timer(dict):  # seconds per phase of an iteration: with timer("generate"):
 
 
 @torch.no_grad()
-def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Tokenizer, head: PRMHead, task, timer) -> list[dict]:
-    """This rank's problems -> one response each, with per-token old/ref log-probs, values and reward-model score.
-    Row seeds derive from (seed, iteration, problem id): the same rollouts on any number of ranks, and on resume."""
+def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Tokenizer,
+            head: PRMHead, task, timer) -> list[dict]:
+    """This rank's problems -> one response each, with per-token old/ref log-probs, values and
+    reward-model score. Row seeds derive from (seed, iteration, problem id): the same rollouts on
+    any number of ranks, and on resume."""
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
     decode = lambda ids: response_text(tok, head, ids)  # noqa: E731
-    with timer("generate"), full_params(M.policy, cfg), M.amp:  # sampled as pi_old is computed: same precision
-        outs = sampler.generate(prompts, sampler.room(prompts, cfg.max_new_tokens), temperature=cfg.temperature, seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
+    with timer("generate"), full_params(M.policy, cfg), M.amp:  # sampled in pi_old's precision
+        outs = sampler.generate(prompts, sampler.room(prompts, cfg.max_new_tokens),
+                                temperature=cfg.temperature,
+                                seeds=[seed_for(cfg.seed, "rollout", it, p.id) for p in problems])
     responses = [o.tokens for o in outs]
     steps = [response_steps(o.tokens, head.tag, o.finish_reason == "stop", decode) for o in outs]
     with timer("score"), M.amp:
         g = make_grid(prompts, responses, M.pad_id, M.device)
-        # pi_old by the SAME forward the update runs (not the sampler's cached decode): the first ratio is exactly 1
+        # pi_old by the update's own forward, not the sampler's cached decode: first ratio exactly 1
         old_lp, _ = token_logprobs(M.policy, g, cfg.temperature)
         ref_lp, _ = token_logprobs(M.ref, g, cfg.temperature)
         values = grid_values(M.critic, g)
         texts = [decode(r) for r in responses]
         if cfg.reward == "truth":
             p_end = oracle_step_probs(task, problems, responses, steps, decode, M.device)
-        else:  # the reward model reads the policy's tokens (its tag perhaps one token of its own: rm_view)
-            p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device, M.rm_head)
+        else:  # the reward model reads the policy's tokens (its tag maybe its own token: rm_view)
+            p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device,
+                                   M.rm_head)
         answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
         ends = end_mask(steps, g["mask"].shape).to(M.device)
-        score = score_rewards(ends, p_end, g["mask"], answered, kind=cfg.reward, center=cfg.reward_center,
-                              penalty=cfg.no_answer_penalty)
+        score = score_rewards(ends, p_end, g["mask"], answered, kind=cfg.reward,
+                              center=cfg.reward_center, penalty=cfg.no_answer_penalty)
     truth = hasattr(task, "step_truth")
     rows = []
     for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
-        n, texts_b = len(o.tokens), [" ".join(data.split_steps(decode(o.tokens[f:l + 1]))) for f, l in steps[b]]
+        n, texts_b = len(o.tokens), [" ".join(data.split_steps(decode(o.tokens[f:l + 1])))
+                                     for f, l in steps[b]]
         rows.append({"prompt": prompts[b], "response": o.tokens, "old_lp": old_lp[b, :n].tolist(),
-                     "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(), "score": score[b, :n].tolist(),
-                     "sampler_lp": o.sampling_logprobs, "finish": o.finish_reason, "answered": bool(answered[b]),
+                     "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(),
+                     "score": score[b, :n].tolist(), "sampler_lp": o.sampling_logprobs,
+                     "finish": o.finish_reason, "answered": bool(answered[b]),
                      "correct": task.grade(text, p.answer), "steps": len(steps[b]),
                      "process_ok": all(task.step_truth(p, texts_b)) if truth and steps[b] else None,
                      "step_scores": [p_end[b, last].item() for _, last in steps[b]]})
@@ -492,8 +528,8 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Toke
 
 
 def gather_rows(rows: list[dict], d: Dist) -> list[dict]:
-    """Every rank gets every row, in global order: ranks hold contiguous slices of the prompts, so the gathered batch
-    is exactly the one-process batch, and so are the minibatches cut from it. (Token ids and floats: small.)"""
+    """Every rank gets every row (ids and floats: small), in global order: ranks hold contiguous
+    slices of the prompts, so the batch and its minibatches are exactly the one-process ones."""
     parts = [rows] * d.world
     if d.world > 1:
         torch.distributed.all_gather_object(parts, rows)
@@ -501,7 +537,7 @@ def gather_rows(rows: list[dict], d: Dist) -> list[dict]:
 
 
 def build_batch(cfg: Config, rows: list[dict], M) -> dict:
-    """The global batch on this rank's device: grid, rollout tensors, rewards, advantages (whitened), returns."""
+    """Global batch on this rank: grid, rollout tensors, rewards, whitened advantages, returns."""
     g = make_grid([r["prompt"] for r in rows], [r["response"] for r in rows], M.pad_id, M.device)
     R = g["mask"].shape[1]
     for key in ("old_lp", "ref_lp", "value", "score"):
@@ -515,19 +551,20 @@ def build_batch(cfg: Config, rows: list[dict], M) -> dict:
     return g
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # One update: epochs x shuffled minibatches; each rank takes its share of every minibatch
 
 
 def rows_of(g: dict, idx: torch.Tensor) -> dict:
     """Rows idx of a batch, trimmed to their own longest sequence and response."""
-    S, R = int(g["pos"][idx].max()) + 2, int(g["mask"][idx].sum(1).max())  # last pos = prompt + response - 2
+    # a row's last pos is prompt + response - 2
+    S, R = int(g["pos"][idx].max()) + 2, int(g["mask"][idx].sum(1).max())
     return {k: (v[idx, :S] if k == "ids" else v[idx, :R]) for k, v in g.items()}
 
 
 def sync_gradients(M, on: bool):
-    """Gradient all-reduce on or off for the next backward passes of both trained models: DDP's no_sync() (entered
-    here, left by M.no_sync.close()) or FSDP2's set_requires_gradient_sync; a plain module has nothing to sync."""
+    """Gradient all-reduce on or off for both trained models' next backward passes: DDP's no_sync()
+    (entered here, left by M.no_sync.close()) or FSDP2's set_requires_gradient_sync."""
     M.no_sync = contextlib.ExitStack()
     for model in (M.policy_step, M.critic_step):
         if isinstance(model, nn.parallel.DistributedDataParallel) and not on:
@@ -540,31 +577,33 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
     B, mb = g["ids"].shape[0], cfg.minibatch_size
     per_rank = mb // d.world
     steps_per_it = cfg.epochs * (B // mb)
-    sums = dict.fromkeys(("loss/policy", "loss/value", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
-                          "tokens"), 0.0)  # token sums, divided by the token count at the end
+    sums = dict.fromkeys(("loss/policy", "loss/value", "policy/entropy", "policy/clipfrac",
+                          "policy/approx_kl", "tokens"), 0.0)  # token sums, averaged at the end
     gnorms = []
     for epoch in range(cfg.epochs):
-        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "shuffle", it, epoch))  # same on every rank
+        # the same shuffle on every rank
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "shuffle", it, epoch))
         perm = torch.randperm(B, generator=gen).to(M.device)
         for start in range(0, B, mb):
             step = it * steps_per_it + epoch * (B // mb) + start // mb
             for o, base in ((M.opt_policy, cfg.lr), (M.opt_critic, cfg.critic_lr)):
                 for group in o.param_groups:  # linear warmup, then cosine to base x min_lr_ratio
-                    group["lr"] = lr_at(step, cfg.iterations * steps_per_it, base, cfg.warmup, base * cfg.min_lr_ratio)
+                    group["lr"] = lr_at(step, cfg.iterations * steps_per_it, base, cfg.warmup,
+                                        base * cfg.min_lr_ratio)
             rows = perm[start:start + mb]
-            # DDP/FSDP AVERAGE gradients over ranks: scaling each rank's token SUM by world / (tokens in the whole
-            # minibatch) makes the result the mean over every token of the minibatch, however they fall on ranks
+            # DDP/FSDP AVERAGE gradients over ranks: each rank's token SUM x world / (tokens in the
+            # whole minibatch) makes it the mean over the minibatch's tokens, however they fall
             scale = d.world / g["mask"][rows].sum()
             mine = rows[d.rank * per_rank:(d.rank + 1) * per_rank]
             chunks = mine.split(cfg.micro_batch)
             for j, chunk in enumerate(chunks):  # gradient accumulation: chunks' gradients add up
-                sync_gradients(M, j == len(chunks) - 1)  # ranks exchange the sum once, after the last chunk
+                sync_gradients(M, j == len(chunks) - 1)  # all-reduce once, after the last chunk
                 x = rows_of(g, chunk)
                 m = x["mask"]
                 with M.amp:  # policy, then critic: one model's activations alive at a time
                     lp, ent = token_logprobs(M.policy_step, x, cfg.temperature, entropy=True)
                 pg, ratio = policy_loss(lp, x["old_lp"], x["adv"], cfg.clip)
-                ((pg * m).sum() * scale).backward()  # no entropy bonus: the KL penalty holds the policy near pi_ref
+                ((pg * m).sum() * scale).backward()  # no entropy bonus: the KL penalty anchors pi
                 with M.amp:
                     values = grid_values(M.critic_step, x)
                 vf = value_loss(values, x["value"], x["returns"], cfg.value_clip)
@@ -574,12 +613,13 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
                     log_ratio = lp - x["old_lp"]
                     for k, v in (("loss/policy", pg), ("loss/value", vf), ("policy/entropy", ent),
                                  ("policy/clipfrac", (ratio - 1).abs() > cfg.clip),
-                                 ("policy/approx_kl", ratio - 1 - log_ratio), ("tokens", 1)):  # k3: KL(old || new)
+                                 ("policy/approx_kl", ratio - 1 - log_ratio),  # k3: KL(old || new)
+                                 ("tokens", 1)):
                         sums[k] = sums[k] + (v * m).sum().float()
             gp = torch.nn.utils.clip_grad_norm_(M.policy_step.parameters(), cfg.max_grad_norm)
             gc = torch.nn.utils.clip_grad_norm_(M.critic_step.parameters(), cfg.max_grad_norm)
             gp, gc = (float(x.full_tensor() if hasattr(x, "full_tensor") else x) for x in (gp, gc))
-            if not (math.isfinite(gp) and math.isfinite(gc)):  # gradients are all-reduced: every rank stops here
+            if not (math.isfinite(gp) and math.isfinite(gc)):  # all-reduced: every rank stops here
                 raise NonFinite(f"gradient norm {gp} (policy), {gc} (critic) at iteration {it + 1}")
             M.opt_policy.step()
             M.opt_critic.step()
@@ -595,16 +635,18 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
             "lr": M.opt_policy.param_groups[0]["lr"]}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Held-out accuracy and checkpoints
 
 
 @torch.no_grad()
-def greedy_accuracy(cfg: Config, M, sampler: Sampler, tok: Tokenizer, task, problems: list, d: Dist) -> float:
-    """shepherd.evaluate_policy's greedy accuracy, problems split over ranks and the counts summed."""
+def greedy_accuracy(cfg: Config, M, sampler: Sampler, tok: Tokenizer, task, problems: list,
+                    d: Dist) -> float:
+    """shepherd.evaluate_policy's greedy accuracy: problems split over ranks, counts summed."""
     mine = problems[d.rank::d.world]
     with full_params(M.policy, cfg):
-        res = shepherd.evaluate_policy(M.policy, tok, task, mine, cfg.max_new_tokens, sampler=sampler, tag=cfg.tag)
+        res = shepherd.evaluate_policy(M.policy, tok, task, mine, cfg.max_new_tokens,
+                                       sampler=sampler, tag=cfg.tag)
     right = torch.tensor(res["accuracy"] * len(mine))
     if d.world > 1:
         right = right.to(M.device)
@@ -613,11 +655,13 @@ def greedy_accuracy(cfg: Config, M, sampler: Sampler, tok: Tokenizer, task, prob
 
 
 def plain_copy(model: nn.Module, cfg: Config) -> nn.Module:
-    """The model with full, unsharded CPU weights (under FSDP: gathered, a collective every rank must call)."""
+    """The model with full, unsharded CPU weights. Under FSDP a collective every rank must call:
+    gathered on rank 0, None elsewhere."""
     if not cfg.fsdp:
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model,
+                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not state:
         return None  # gathered on rank 0 only
     backbone = getattr(model, "backbone", model)
@@ -632,7 +676,7 @@ def plain_copy(model: nn.Module, cfg: Config) -> nn.Module:
 
 
 def optim_state(model, optimizer, cfg: Config, state=None):
-    """Get (state None) or set a full optimizer state dict; under FSDP through torch.distributed.checkpoint."""
+    """Get (state None) or set a full optimizer state dict (under FSDP: distributed.checkpoint)."""
     if not cfg.fsdp:
         return optimizer.state_dict() if state is None else optimizer.load_state_dict(state)
     from torch.distributed.checkpoint import state_dict as dcp
@@ -643,8 +687,8 @@ def optim_state(model, optimizer, cfg: Config, state=None):
 
 
 def save_checkpoint(cfg: Config, it: int, M, d: Dist):
-    """out/checkpoint/{policy, critic (backbone + value_head.safetensors), trainer_state.pt}, written into a temporary
-    folder and swapped in whole: a crash (or a NaN) leaves the previous checkpoint intact."""
+    """out/checkpoint/{policy, critic (backbone + value_head.safetensors), trainer_state.pt},
+    written to a temp folder and swapped in whole: a crash (or NaN) leaves the old one intact."""
     from safetensors.torch import save
     policy, critic = plain_copy(M.policy, cfg), plain_copy(M.critic, cfg)
     opts = [optim_state(M.policy, M.opt_policy, cfg), optim_state(M.critic, M.opt_critic, cfg)]
@@ -656,21 +700,21 @@ def save_checkpoint(cfg: Config, it: int, M, d: Dist):
         head = {k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()}
         critic.backbone.save_pretrained(tmp / "critic", tokenizer_dir=M.tok_dir,
                                         extra_files={"value_head.safetensors": save(head)})
-        torch.save({"iteration": it, "opt_policy": opts[0], "opt_critic": opts[1], "config": asdict(cfg)},
-                   tmp / "trainer_state.pt")
+        torch.save({"iteration": it, "opt_policy": opts[0], "opt_critic": opts[1],
+                    "config": asdict(cfg)}, tmp / "trainer_state.pt")
         swap_in(tmp, final)
     barrier(d)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The loop
 
 
 @dataclass
 class Models:
-    """What a PPO iteration reads. policy and critic are the trained modules (generation, scoring, checkpoints);
-    policy_step and critic_step are what the update's forward and backward run through: the same modules, or
-    their DDP wrappers when data-parallel. ref and rm are frozen (rm is None under --reward truth)."""
+    """What a PPO iteration reads. policy, critic: the trained modules (generation, scoring,
+    checkpoints); policy_step, critic_step: what the update's forward/backward runs through (the
+    same modules, or DDP wrappers when data-parallel). ref, rm: frozen (rm None under truth)."""
     device: str
     amp: contextlib.AbstractContextManager  # bf16 autocast on CUDA without FSDP, else a no-op
     pad_id: int
@@ -683,42 +727,48 @@ class Models:
     critic_step: nn.Module
     opt_policy: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
-    rm_head: PRMHead | None = None  # the reward model's tag and +/- in its own tokens (reward_model_head)
-    no_sync: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # see sync_gradients
+    rm_head: PRMHead | None = None  # the RM's tag and +/- in its own tokens (reward_model_head)
+    no_sync: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # sync_gradients
 
 
 def precision(cfg: Config, device: str):
-    """(dtype of the frozen reward model, the context every forward that makes a log-prob or a score runs in).
-    Trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU they compute in bf16 (autocast, or
-    FSDP2's mixed precision, which shard() sets)."""
+    """-> (dtype of the frozen reward model, the context every forward that makes a log-prob or a
+    score runs in). Trained models keep fp32 weights (Adam's small steps vanish in bf16); on GPU
+    they compute in bf16 (autocast, or FSDP2's mixed precision, which shard() sets)."""
     cuda = device.startswith("cuda")
     frozen = DTYPES["bfloat16" if cuda else "float32"] if cfg.dtype == "auto" else DTYPES[cfg.dtype]
-    return frozen, torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp else contextlib.nullcontext()
+    return frozen, (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not cfg.fsdp
+                    else contextlib.nullcontext())
 
 
 def setup(cfg: Config, d: Dist):
-    """-> (task, tokenizer, PRM head, Models, the iteration to start at: > 0 when resuming a checkpoint)."""
+    """-> (task, tokenizer, PRM head, Models, the iteration to start at: > 0 when resuming)."""
     task = data.get_task(cfg.task)
     if cfg.reward == "truth" and not hasattr(task, "step_truth"):
-        raise InputError(f"--reward truth needs a task that knows each step's truth (synthetic); {cfg.task} does not")
+        raise InputError(f"--reward truth needs a task that knows each step's truth (synthetic); "
+                         f"{cfg.task} does not")
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
     if not Path(policy_dir, "config.json").exists() and cfg.task == "synthetic" and not cfg.policy:
-        raise InputError(f"{policy_dir}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
-    for what, path in (("--policy", policy_dir), ("--reward-model", cfg.reward_model), ("--rm-base", cfg.rm_base)):
+        raise InputError(f"{policy_dir}: the tiny policy is missing; build it with: "
+                         f"{task.POLICY_COMMAND}")
+    for what, path in (("--policy", policy_dir), ("--reward-model", cfg.reward_model),
+                       ("--rm-base", cfg.rm_base)):
         if path:  # checked (no weights read) before anything is built or written
             shepherd.load_model(path, what, check_only=True)
-    # the reward model: scores the steps, and starts the critic (--critic-init reward); --reward truth needs it for
-    # the second only
+    # the reward model scores steps and starts the critic (--critic-init reward; truth: only that)
     needs_rm = cfg.reward != "truth" or cfg.critic_init == "reward"
     rm_dir = ensure_reward_model(cfg, policy_dir, d) if needs_rm else policy_dir
     ckpt = Path(cfg.out) / "checkpoint"
     resume = (ckpt / "trainer_state.pt").exists() and not cfg.restart
     if resume:
-        saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)["config"]
-        shepherd.check_settings(ckpt, saved, {k: v for k, v in asdict(cfg).items() if k not in NOT_ALGORITHM})
+        saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True,
+                           mmap=True)["config"]
+        shepherd.check_settings(ckpt, saved,
+                                {k: v for k, v in asdict(cfg).items() if k not in NOT_ALGORITHM})
     frozen, amp = precision(cfg, d.device)
 
-    def load(path, dtype=torch.float32, value=False):  # one model at a time: under FSDP sharded as soon as loaded
+    # one model at a time: under FSDP sharded as soon as loaded
+    def load(path, dtype=torch.float32, value=False):
         model = Transformer.from_pretrained(path, dtype=dtype, device=d.device)
         model = ValueModel(model).to(d.device) if value else model
         if value and resume:
@@ -728,27 +778,30 @@ def setup(cfg: Config, d: Dist):
             shard(model, cfg, frozen)
         return model
     policy = load(ckpt / "policy" if resume else policy_dir)
-    # the reference computes exactly as the policy at iteration 0, so the KL starts at 0 to the bit: under FSDP2 both
-    # compute with weights cast to `frozen`, so it is stored in it; under autocast weights compute as stored, so it is
-    # fp32 like the policy (a bf16 copy gave a spurious +0.005 nats a response)
+    # the reference computes exactly as the policy at iteration 0, so the KL starts at 0 to the bit:
+    # under FSDP2 both compute with weights cast to `frozen`, so it is stored in it; under autocast
+    # weights compute as stored, so it is fp32 like the policy (a bf16 copy gave a spurious KL)
     ref = load(policy_dir, frozen if cfg.fsdp else torch.float32).requires_grad_(False)
-    rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)  # truth: the oracle scores
-    critic = load(ckpt / "critic" if resume else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
+    rm = None if cfg.reward == "truth" else load(rm_dir, frozen).requires_grad_(False)
+    critic = load(ckpt / "critic" if resume
+                  else rm_dir if cfg.critic_init == "reward" else policy_dir, value=True)
     tok = Tokenizer(policy_dir)
     head = shepherd.prm_head(tok, cfg.tag)
     rm_head = reward_model_head(tok, Tokenizer(rm_dir), cfg.tag)
-    # pad must be neither EOS (a padded EOS would read as the end of a response) nor the step tag (a reward there)
+    # pad is neither EOS (padding would read as a response's end) nor the step tag (a reward there)
     pad_id = tok.pad_id if tok.pad_id not in (None, tok.eos_id, *head.tag) else 0
     assert pad_id not in (tok.eos_id, *head.tag)
     ddp = d.world > 1 and not cfg.fsdp
-    M = Models(device=d.device, amp=amp, pad_id=pad_id, tok_dir=policy_dir, policy=policy, critic=critic, ref=ref,
-               rm=rm, rm_head=rm_head, policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
+    M = Models(device=d.device, amp=amp, pad_id=pad_id, tok_dir=policy_dir, policy=policy,
+               critic=critic, ref=ref, rm=rm, rm_head=rm_head,
+               policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
                critic_step=nn.parallel.DistributedDataParallel(critic) if ddp else critic,
                opt_policy=shepherd.adamw(policy, cfg.lr, cfg.weight_decay),
                opt_critic=shepherd.adamw(critic, cfg.critic_lr, cfg.weight_decay))
     start = 0
     if resume:
-        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)  # shared pages
+        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True,
+                        mmap=True)  # mmap: pages shared, not copied
         optim_state(policy, M.opt_policy, cfg, st["opt_policy"])
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
@@ -756,15 +809,17 @@ def setup(cfg: Config, d: Dist):
 
 
 def summarize(rows: list[dict], g: dict) -> dict:
-    """What to watch: reward, KL, length and steps per response (rewards summed per step invite more steps)."""
+    """What to watch: reward, KL, length and steps per response (step rewards invite more steps)."""
     n, m = len(rows), g["mask"]
     scores = [s for r in rows for s in r["step_scores"]]
     ret, val = g["returns"][m], g["value"][m]
-    lp_err = max(max((abs(a - b) for a, b in zip(r["old_lp"], r["sampler_lp"])), default=0.0) for r in rows)
+    lp_err = max(max((abs(a - b) for a, b in zip(r["old_lp"], r["sampler_lp"])), default=0.0)
+                 for r in rows)
     ok = [r["process_ok"] for r in rows if r["process_ok"] is not None]
-    return {"reward/score": g["score"].sum().item() / n,  # reward-model part per response, penalties included
-            "reward/total": g["rewards"].sum().item() / n, "reward/mean_step_p": sum(scores) / max(1, len(scores)),
-            "policy/kl": g["kl"].sum().item() / n,  # per response: sum over tokens of log pi_old - log pi_ref
+    return {"reward/score": g["score"].sum().item() / n,  # reward-model part, penalties included
+            "reward/total": g["rewards"].sum().item() / n,
+            "reward/mean_step_p": sum(scores) / max(1, len(scores)),
+            "policy/kl": g["kl"].sum().item() / n,  # per response: sum of log pi_old - log pi_ref
             "value/explained_var": 1 - ((ret - val).var() / ret.var().clamp(min=1e-8)).item(),
             "rollout/length": m.sum().item() / n, "rollout/steps": sum(r["steps"] for r in rows) / n,
             "rollout/step_tokens": m.sum().item() / max(1, sum(r["steps"] for r in rows)),
@@ -772,7 +827,7 @@ def summarize(rows: list[dict], g: dict) -> dict:
             "rollout/no_answer": sum(not r["answered"] for r in rows) / n,
             "rollout/accuracy": sum(r["correct"] for r in rows) / n,
             "rollout/all_steps_true": sum(ok) / len(ok) if ok else float("nan"),
-            "check/sampler_logprob_err": lp_err}  # the sampler's log-probs vs the training forward's: should be ~0
+            "check/sampler_logprob_err": lp_err}  # sampler vs training log-probs: should be ~0
 
 
 OUTPUTS = ("checkpoint", "log.jsonl", "eval.json")  # what a run writes in --out
@@ -786,34 +841,38 @@ def run(argv=None) -> int:
     cfg = parse_args(argv)
     d = init_distributed(cfg.device or None)
     if cfg.batch_size % cfg.minibatch_size or cfg.minibatch_size % d.world or cfg.batch_size % d.world:
-        raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size {cfg.minibatch_size}, "
-                         f"itself a multiple of the world size {d.world}")
+        raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size "
+                         f"{cfg.minibatch_size}, itself a multiple of the world size {d.world}")
     out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not any((out / n).exists() for n in OUTPUTS)):
+    if out.exists() and (not out.is_dir()
+                         or any(out.iterdir()) and not any((out / n).exists() for n in OUTPUTS)):
         raise InputError(f"{out}: --out exists and is not a ppo.py output; choose another --out")
-    torch.manual_seed(cfg.seed)  # nothing below draws from it; set for anything a future change might add
+    torch.manual_seed(cfg.seed)  # nothing below draws from it; set for any future code that does
     task, tok, head, M, start = setup(cfg, d)
     resume = start > 0
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    # no CUDA graphs under FSDP (weights move) or autocast (a captured graph would keep its first bf16 weight casts)
+    # no CUDA graphs under FSDP (weights move) or autocast (a graph would keep its first bf16 casts)
     eager = cfg.fsdp or not isinstance(M.amp, contextlib.nullcontext)
-    sampler = Sampler(M.policy, max_batch=max(cfg.batch_size // d.world, 64), cuda_graphs=False if eager else None)
-    log = shepherd.open_log(out / "log.jsonl", start if resume else None, "iteration") if d.main else None
+    sampler = Sampler(M.policy, max_batch=max(cfg.batch_size // d.world, 64),
+                      cuda_graphs=False if eager else None)
+    log = (shepherd.open_log(out / "log.jsonl", start if resume else None, "iteration")
+           if d.main else None)
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
     if not resume and cfg.eval_problems:
         acc = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
         if d.main:
-            print(f"iteration 0: held-out greedy accuracy {acc:.3f} ({len(val)} {heldout} problems)", flush=True)
+            print(f"iteration 0: held-out greedy accuracy {acc:.3f} "
+                  f"({len(val)} {heldout} problems)", flush=True)
             log.write(json.dumps({"iteration": 0, "eval/greedy_accuracy": acc}) + "\n")
-    bar = shepherd.progress(range(start, cfg.iterations), d, desc=f"ppo {cfg.reward}", initial=start,
-                            total=cfg.iterations, quiet=cfg.quiet)
+    bar = shepherd.progress(range(start, cfg.iterations), d, desc=f"ppo {cfg.reward}",
+                            initial=start, total=cfg.iterations, quiet=cfg.quiet)
     for it in bar:
         timer = Timer()
-        # this iteration's prompts: a fixed slice of a fixed permutation; each rank takes a contiguous part
+        # the iteration's prompts: a fixed slice of a fixed permutation; each rank a contiguous part
         idx = [order[(it * cfg.batch_size + j) % len(train)] for j in range(cfg.batch_size)]
         per = cfg.batch_size // d.world
         mine = [train[i] for i in idx[d.rank * per:(d.rank + 1) * per]]
@@ -823,27 +882,33 @@ def run(argv=None) -> int:
                 g = build_batch(cfg, rows, M)
                 stats = update(cfg, it, g, M, d)
         except NonFinite as e:
-            last = (f"the last good checkpoint is {out / 'checkpoint'} (only ever replaced by a finite one)"
+            last = (f"the last good checkpoint is {out / 'checkpoint'} "
+                    "(only ever replaced by a finite one)"
                     if (out / "checkpoint").exists() else "no checkpoint was written yet")
             raise SystemExit(f"stopping: {e}; {last}") from None
-        stats = {"iteration": it + 1, **summarize(rows, g), **stats, **{f"time/{k}": v for k, v in timer.items()}}
+        stats = {"iteration": it + 1, **summarize(rows, g), **stats,
+                 **{f"time/{k}": v for k, v in timer.items()}}
         if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
             stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
         if d.main:
             log.write(json.dumps(stats) + "\n")
             log.flush()
             bar.set_postfix(score=f"{stats['reward/score']:.3f}", kl=f"{stats['policy/kl']:.3f}",
-                            steps=f"{stats['rollout/steps']:.2f}", acc=f"{stats['rollout/accuracy']:.2f}")
-            if "eval/greedy_accuracy" in stats:  # 4 significant digits: an lr of 3e-6 must not print as 0.0
-                bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in stats.items()}))
+                            steps=f"{stats['rollout/steps']:.2f}",
+                            acc=f"{stats['rollout/accuracy']:.2f}")
+            if "eval/greedy_accuracy" in stats:  # .4g: an lr of 3e-6 must not print as 0.0
+                bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
+                                      for k, v in stats.items()}))
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save_checkpoint(cfg, it + 1, M, d)
     test = task.load("test")[:cfg.test_problems] if cfg.test_problems else []
     acc = greedy_accuracy(cfg, M, sampler, tok, task, test, d) if test else float("nan")
     if d.main:
-        res = {"test_greedy_accuracy": acc, "problems": len(test), "reward": cfg.reward, "iterations": cfg.iterations}
+        res = {"test_greedy_accuracy": acc, "problems": len(test), "reward": cfg.reward,
+               "iterations": cfg.iterations}
         shepherd.atomic_write(out / "eval.json", json.dumps(res, indent=2) + "\n")
-        print(f"test greedy accuracy {acc:.3f} on {len(test)} problems; checkpoint in {out / 'checkpoint'}")
+        print(f"test greedy accuracy {acc:.3f} on {len(test)} problems; "
+              f"checkpoint in {out / 'checkpoint'}")
         log.close()
     if d.world > 1:
         torch.distributed.destroy_process_group()

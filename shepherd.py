@@ -4,8 +4,9 @@
     python shepherd.py train    the one training loop: --objective sft | prm | orm
     python shepherd.py verify   best-of-N reranking, self-consistency, PRM-weighted voting
 
-Read top to bottom: small utilities (files, seeds, distributed), label-file formats, training, labeling, the CLI.
-Generation lives in sampler.py, grading in data/, the transformer and the PRM head in model.py.
+Read top to bottom: small utilities (files, seeds, distributed), label-file formats, training,
+labeling, the CLI. Generation lives in sampler.py, grading in data/, the transformer and the PRM
+head in model.py.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class InputError(Exception):
     """Bad input from the user: printed as one line (file, line, field) and exit code 2."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Utilities: files written whole or not at all, seeds derived from ids, torch.distributed
 
 
@@ -51,13 +52,13 @@ def atomic_write(path: str | Path, data: bytes | str):
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from None  # a failed write names no file by itself
+        raise OSError(e.errno, e.strerror, str(path)) from None  # the bare error names no file
     finally:
         tmp.unlink(missing_ok=True)  # a full disk leaves no .tmp file behind
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) pairs; malformed JSON or an empty file is an InputError naming file and line."""
+    """(line number, record) pairs; bad JSON or an empty file is an InputError (file and line)."""
     try:
         rows = data.numbered_jsonl(path)
     except (ValueError, OSError) as e:
@@ -67,22 +68,25 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def load_model(path, what: str, dtype=torch.float32, device="cpu", check_only=False) -> tuple[Transformer, Tokenizer]:
-    """A checkpoint and its tokenizer, checked before use: whatever a user can get wrong (no such folder, no
-    config or tokenizer, a truncated or misshaped shard, a tokenizer larger than the embedding) is an InputError.
-    check_only: all the checks, no weights read (the model is on the meta device)."""
+def load_model(path, what: str, dtype=torch.float32, device="cpu",
+               check_only=False) -> tuple[Transformer, Tokenizer]:
+    """A checkpoint and its tokenizer, checked before use: anything a user can get wrong (no such
+    folder, no config or tokenizer, a truncated or misshaped shard, a tokenizer larger than the
+    embedding) is an InputError. check_only: all the checks, no weights read (meta device)."""
     from safetensors import SafetensorError
     from model import resolve_checkpoint
     try:
         folder = resolve_checkpoint(path)
     except Exception as e:  # no such folder; or the hub: offline, no such repo, no access
         msg = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(f"{what}: {msg}" if msg.startswith(str(path)) else f"{what}: {path}: not a checkpoint "
-                         f"folder, and the hub did not provide it ({type(e).__name__}: {msg})") from None
+        raise InputError(
+            f"{what}: {msg}" if msg.startswith(str(path)) else
+            f"{what}: {path}: not a checkpoint folder, and the hub did not provide it "
+            f"({type(e).__name__}: {msg})") from None
     for name in ("config.json", "tokenizer.json"):
         if not (folder / name).is_file():
-            raise InputError(f"{folder}: no {name} ({what} needs a Hugging Face checkpoint folder with config.json, "
-                             f"tokenizer.json and safetensors weights)")
+            raise InputError(f"{folder}: no {name} ({what} needs a Hugging Face checkpoint folder "
+                             f"with config.json, tokenizer.json and safetensors weights)")
     try:
         model = Transformer.from_pretrained(folder, dtype=dtype, device=device, check_only=check_only)
     except SafetensorError as e:
@@ -92,10 +96,11 @@ def load_model(path, what: str, dtype=torch.float32, device="cpu", check_only=Fa
     try:
         tok = Tokenizer(folder)
     except Exception as e:  # the tokenizers library's parse errors have no class of their own
-        raise InputError(f"{folder / 'tokenizer.json'}: not a tokenizer the tokenizers library reads ({e})") from None
+        raise InputError(f"{folder / 'tokenizer.json'}: not a tokenizer the tokenizers library "
+                         f"reads ({e})") from None
     if tok.vocab_size > model.config.vocab_size:
-        raise InputError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} tokens do not fit the model's embedding "
-                         f"({model.config.vocab_size} rows): a tokenizer from another model?")
+        raise InputError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} tokens do not fit the model's "
+                         f"embedding ({model.config.vocab_size} rows): a tokenizer from another model?")
     return model, tok
 
 
@@ -110,18 +115,19 @@ def task_problems(task, name: str, split: str) -> list[data.Problem]:
 
 
 def check_settings(path, saved: dict | None, now: dict, flag=lambda k: "--" + k.replace("_", "-")):
-    """A resume of `path` continues only the run that made it: any setting changed is named, old -> new."""
+    """Resume `path` only with the settings that made it; each change is named, old -> new."""
     changed = ["the settings are not recorded"] if saved is None else \
         [f"{flag(k)} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
     if changed:
-        raise InputError(f"{path}: made with other settings ({'; '.join(changed)}); rerun with the same ones to "
-                         f"resume, or pass --restart (or a new --out) to start over")
+        raise InputError(f"{path}: made with other settings ({'; '.join(changed)}); rerun with the "
+                         f"same ones to resume, or pass --restart (or a new --out) to start over")
 
 
 def same_tokenizer(a: Tokenizer, b: Tokenizer, what: str):
-    """Two models that read each other's tokens (generator and completer, policy and reward model)."""
+    """Two models that read each other's tokens (generator and completer, policy and reward)."""
     if a.tok.get_vocab() != b.tok.get_vocab() or (a.prefix, a.suffix) != (b.prefix, b.suffix):
-        raise InputError(f"{b.folder}: {what}'s tokenizer differs from {a.folder}'s; both must read the same tokens")
+        raise InputError(f"{b.folder}: {what}'s tokenizer differs from {a.folder}'s; "
+                         f"both must read the same tokens")
 
 
 def device_arg(text: str) -> str:
@@ -129,12 +135,13 @@ def device_arg(text: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, not {text!r}")
     if text.startswith("cuda") and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: this torch build has no CUDA device (torch {torch.__version__})")
+        raise argparse.ArgumentTypeError(
+            f"{text}: this torch build has no CUDA device (torch {torch.__version__})")
     return text
 
 
 def seed_for(*parts) -> int:
-    """A 63-bit seed derived from ids (not from the run), so a record's randomness never depends on what else ran."""
+    """A 63-bit seed from ids, not the run: a record's randomness never depends on what else ran."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
@@ -151,7 +158,7 @@ class Dist:
 
 
 def init_distributed(device: str | None = None) -> Dist:
-    """Under torchrun (WORLD_SIZE > 1): a process group, gloo on CPU, NCCL on GPU. Otherwise a single process."""
+    """torchrun (WORLD_SIZE > 1): a process group, gloo on CPU, NCCL on GPU; else one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if world == 1:
@@ -173,16 +180,17 @@ def barrier(d: Dist):
 
 def progress(iterable=None, d: Dist | None = None, **kw):
     from tqdm import tqdm
-    return tqdm(iterable, disable=(d is not None and not d.main) or kw.pop("quiet", False), dynamic_ncols=True, **kw)
+    return tqdm(iterable, disable=(d is not None and not d.main) or kw.pop("quiet", False),
+                dynamic_ncols=True, **kw)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Label files: our records, Math-Shepherd's jsonl, TRL's stepwise format
 
 
 @dataclass
 class StepExample:
-    """One solution to score or train on: the full text (prompt + steps with tags) and one label per step."""
+    """One solution to score or train on: full text (prompt + tagged steps), a label per step."""
     text: str
     labels: list[float]  # per step, in [0, 1] (hard labels are 0/1)
     outcome: float  # the final answer's correctness (ORM target)
@@ -190,7 +198,7 @@ class StepExample:
 
 
 def _normalise_tags(text: str) -> str:
-    # real Math-Shepherd data has tags glued to the text ('is: 40ки'); the tag token is ' ки', so add the space
+    # released data glues tags to the text ('is: 40ки'), but the tag token is ' ки': add the space
     return re.sub(r"\s*" + data.STEP_TAG, " " + data.STEP_TAG, text)
 
 
@@ -215,8 +223,10 @@ def _steps(rec: dict, name: str, where: str) -> list[str]:
 
 def _labels(rec: dict, name: str, where: str, n: int) -> list[float]:
     v = rec.get(name)
-    if not isinstance(v, list) or not all(isinstance(x, (bool, int, float)) and 0 <= x <= 1 for x in v):
-        raise InputError(f"{where}: field {name!r}: expected a list of labels in [0, 1] (booleans or numbers)")
+    if not isinstance(v, list) or not all(
+            isinstance(x, (bool, int, float)) and 0 <= x <= 1 for x in v):
+        raise InputError(f"{where}: field {name!r}: expected a list of labels in [0, 1] "
+                         f"(booleans or numbers)")
     if len(v) != n:
         raise InputError(f"{where}: field {name!r}: {len(v)} labels for {n} steps")
     return [float(x) for x in v]
@@ -246,18 +256,21 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
         if data.STEP_TAG not in text[len(question):]:
             raise InputError(f"{where}: field 'input': no step tag {data.STEP_TAG!r}")
         steps, ys = data.split_steps(text[len(question):]), None
-        if "label" in rec:  # the label text is the input with each tag replaced by one character: walk both in step
+        if "label" in rec:  # the input with each tag replaced by + or -: walk both in step
             label, ys, pos = _text(rec, "label", where), [], 0
             for k, part in enumerate(text.split(data.STEP_TAG)[:-1]):
-                if label[pos:pos + len(part)] != part or label[pos + len(part):pos + len(part) + 1] not in ("+", "-"):
-                    raise InputError(f"{where}: field 'label' is not field 'input' with step {k + 1}'s tag replaced by + or -")
+                if label[pos:pos + len(part)] != part or \
+                        label[pos + len(part):pos + len(part) + 1] not in ("+", "-"):
+                    raise InputError(f"{where}: field 'label' is not field 'input' with step "
+                                     f"{k + 1}'s tag replaced by + or -")
                 pos += len(part)
                 ys.append(1.0 if label[pos] == "+" else 0.0)
                 pos += 1
-            ys = ys[question.count(data.STEP_TAG):]  # a ки inside the question is no step (real data has some)
+            ys = ys[question.count(data.STEP_TAG):]  # real questions can contain ки: no steps
             if len(ys) != len(steps):
-                raise InputError(f"{where}: field 'input': {len(steps)} steps but {len(ys)} tags after the question")
-        text, outcome = question + _normalise_tags(text[len(question):]), None  # the question as written
+                raise InputError(f"{where}: field 'input': {len(steps)} steps but {len(ys)} tags "
+                                 f"after the question")
+        text, outcome = question + _normalise_tags(text[len(question):]), None  # question verbatim
     elif "prompt" in rec or "completions" in rec:
         question, steps = _text(rec, "prompt", where), _steps(rec, "completions", where)
         ys = _labels(rec, "labels", where, len(steps)) if "labels" in rec else None
@@ -270,13 +283,15 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
             raise InputError(f"{where}: field 'correct': expected true or false, got {outcome!r}")
         text = data.format_prompt(question) + data.join_steps(steps)
     else:
-        raise InputError(f"{where}: expected fields input [+ label] (Math-Shepherd), prompt + completions [+ labels] "
-                         f"(stepwise) or question + steps (label records)")
+        raise InputError(f"{where}: expected fields input [+ label] (Math-Shepherd), prompt + "
+                         f"completions [+ labels] (stepwise) or question + steps (label records)")
     gold = rec.get("gold", rec.get("answer"))
     if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
-        raise InputError(f"{where}: field 'gold': expected the final answer as a string or number, got {_kind(gold)}")
+        raise InputError(f"{where}: field 'gold': expected the final answer as a string or number, "
+                         f"got {_kind(gold)}")
     rid = rec.get("id")
-    return Record(question, steps, text, ys, float(outcome) if outcome is not None else ys[-1] if ys else None,
+    return Record(question, steps, text, ys,
+                  float(outcome) if outcome is not None else ys[-1] if ys else None,
                   None if gold is None else str(gold), None if rid is None else str(rid))
 
 
@@ -292,7 +307,7 @@ def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExamp
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Training: one loop for every objective
 
 
@@ -300,12 +315,12 @@ def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExamp
 class Example:
     ids: list[int]
     targets: list[float]  # sft: unused; prm/orm: one label per supervised tag
-    loss_from: int = 0  # sft: first position whose NEXT token is supervised (the response starts after it)
+    loss_from: int = 0  # sft: the first position whose NEXT token is a response token
     tag_mask: list[bool] | None = None  # prm/orm: which tag positions are supervised
 
 
 def prm_head(tok: Tokenizer, tag: str, good: str = "+", bad: str = "-") -> PRMHead:
-    """The PRM's tag and +/- tokens in this tokenizer; a tag, +, or - it cannot give is bad input."""
+    """The PRM's tag and +/- tokens in this tokenizer; ones it cannot give are bad input."""
     try:
         return PRMHead.from_tokenizer(tok, tag, good, bad)
     except ValueError as e:
@@ -320,12 +335,14 @@ def encode_sft(tok: Tokenizer, prompt: str, response: str) -> Example:
     return Example(p + resp + [tok.eos_id], [], loss_from=len(p) - 1)
 
 
-def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str, where: str = "") -> Example:
+def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str,
+                 where: str = "") -> Example:
     ids = tok.encode(data.to_model_tag(ex.text, head.text))
     tags = tag_positions(ids, head.tag)  # where step_scores will read them
     if len(tags) != len(ex.labels):
-        raise InputError(f"{where or ex.id}: {len(ex.labels)} labels but {len(tags)} step tags after tokenization")
-    if objective == "orm":  # Math-Shepherd Eq. 1: ORM, one BCE on the whole solution, read at its last tag
+        raise InputError(f"{where or ex.id}: {len(ex.labels)} labels but {len(tags)} step tags "
+                         f"after tokenization")
+    if objective == "orm":  # Math-Shepherd Eq. 1: ORM, one BCE per solution, read at its last tag
         mask = [i == tags[-1] for i in range(len(ids))]
         return Example(ids, [ex.outcome], tag_mask=mask)
     at = set(tags)
@@ -334,8 +351,8 @@ def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str,
 
 
 def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dict:
-    """Right-padded rows, one example each; or, with pack_len, examples packed first-fit into rows of at most
-    pack_len tokens (positions restart and attention stays inside each example, so the loss is the same)."""
+    """Right-padded rows, one example each; or, with pack_len, examples packed first-fit into rows
+    of at most pack_len tokens (positions restart, attention stays inside each: the same loss)."""
     rows = [[e] for e in batch]
     if pack_len:
         rows = []
@@ -346,7 +363,7 @@ def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dic
     ids = torch.full((len(rows), S), pad_id, dtype=torch.long)
     positions = torch.zeros(len(rows), S, dtype=torch.long)
     segments = torch.full((len(rows), S), -1, dtype=torch.long)  # -1: padding
-    loss_mask = torch.zeros(len(rows), S, dtype=torch.bool)  # kept apart from labels: -100 never becomes True
+    loss_mask = torch.zeros(len(rows), S, dtype=torch.bool)  # apart from labels: -100 is never True
     targets = []
     for b, row in enumerate(rows):
         at = 0
@@ -355,7 +372,7 @@ def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dic
             ids[b, at:at + n] = torch.tensor(e.ids)
             positions[b, at:at + n] = torch.arange(n)
             segments[b, at:at + n] = k
-            if e.tag_mask is None:  # sft: the positions whose NEXT token is a response token of this example
+            if e.tag_mask is None:  # sft: positions whose NEXT token is this example's response
                 loss_mask[b, at + e.loss_from:at + n - 1] = True
             else:
                 loss_mask[b, at:at + n] = torch.tensor(e.tag_mask)
@@ -369,7 +386,7 @@ def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dic
 
 
 def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
-    """Mean loss over supervised positions, plus what evaluation needs (per-step probabilities and targets)."""
+    """Mean loss over supervised positions, plus step probabilities and targets for evaluation."""
     ids, mask = batch["ids"], batch["mask"]
     kw = batch.get("forward", {})  # packed rows: positions and sequence ids
     if objective == "sft":  # next-token cross-entropy on the response tokens
@@ -377,8 +394,8 @@ def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
         m = mask[:, :-1]
         loss = F.cross_entropy(logits[m].float(), ids[:, 1:][m])
         return loss, None, None
-    # PRM/ORM: r = p(+) = softmax([l+, l-])[0] = sigmoid(l+ - l-) at the tag, the SAME step_logits used to score.
-    # Math-Shepherd Eq. 2: L_PRM = sum_i y_i log r_i + (1 - y_i) log(1 - r_i) (negated); soft y_i allowed.
+    # PRM/ORM: r = p(+) = softmax([l+, l-])[0] = sigmoid(l+ - l-) at the tag, the SAME step_logits
+    # used to score. Math-Shepherd Eq. 2: L_PRM = -sum_i [y_i log r_i + (1 - y_i) log(1 - r_i)]
     logits = step_logits(model, ids, head, **kw)[mask]
     margin = logits[:, 0] - logits[:, 1]
     loss = F.binary_cross_entropy_with_logits(margin, batch["targets"])
@@ -386,7 +403,7 @@ def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
 
 
 def auc(scores: list[float], labels: list[float]) -> float:
-    """Area under the ROC curve (labels thresholded at 0.5): P(score of a positive > score of a negative)."""
+    """ROC AUC (labels thresholded at 0.5): P(score of a positive > score of a negative)."""
     pos = [s for s, y in zip(scores, labels) if y >= 0.5]
     neg = [s for s, y in zip(scores, labels) if y < 0.5]
     if not pos or not neg or any(math.isnan(s) for s in scores):
@@ -410,29 +427,33 @@ def lr_at(step: int, total: int, lr: float, warmup: int, min_lr: float) -> float
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-SCRATCH_SIZES = {  # (hidden, layers, heads, kv heads, mlp): Mistral-shaped models small enough for a CPU
+SCRATCH_SIZES = {  # (hidden, layers, heads, kv heads, mlp): Mistral-shaped, small enough for a CPU
     "tiny": (128, 4, 4, 2, 384),
     "small": (256, 6, 8, 4, 768),
 }
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW (betas 0.9 / 0.95) over the trainable parameters; no weight decay on norms and biases."""
+    """AdamW (betas 0.9, 0.95) on the trainable parameters; no weight decay on norms and biases."""
     ps = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(
+        [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+         {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
 
 def scratch_model(size: str, tok: Tokenizer, max_len: int, tied: bool = True) -> Transformer:
     h, layers, heads, kv, mlp = SCRATCH_SIZES[size]
-    cfg = ModelConfig(model_type="mistral", vocab_size=tok.vocab_size, hidden_size=h, intermediate_size=mlp,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                      max_position_embeddings=max_len, sliding_window=None, tie_word_embeddings=tied,
-                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    cfg = ModelConfig(model_type="mistral", vocab_size=tok.vocab_size, hidden_size=h,
+                      intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, max_position_embeddings=max_len, sliding_window=None,
+                      tie_word_embeddings=tied, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                      pad_token_id=tok.pad_id)
     model = Transformer(cfg)
     for name, p in model.named_parameters():  # GPT-2 style init: small normal weights, unit norms
-        if p.dim() == 2:
-            torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1))
+        if p.dim() == 2:  # residual projections scaled down by sqrt(2 * layers)
+            torch.nn.init.normal_(
+                p, std=0.02 / (math.sqrt(2 * layers)
+                               if name.endswith(("o_proj.weight", "down_proj.weight")) else 1))
     return model
 
 
@@ -440,28 +461,36 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
     """(id, example) pairs for the objective, from --data or from the task's own SFT records."""
     if args.objective == "sft":
         if args.data:
-            rows = [(f"{args.data}:{n}", {k: _text(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
+            rows = [(f"{args.data}:{n}",
+                     {k: _text(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
                     for n, r in read_jsonl(args.data)]
         else:
             task = data.get_task(args.task)
             if not hasattr(task, "sft_records"):
-                raise InputError(f"task {args.task!r} has no SFT records; pass --data FILE with prompt/response")
-            rows = [(f"{args.task}-sft-{i}", r) for i, r in enumerate(task.sft_records("train", args.num_examples))]
-        return [(i, encode_sft(tok, r["prompt"], data.to_model_tag(r["response"], args.tag))) for i, r in rows]
+                raise InputError(f"task {args.task!r} has no SFT records; "
+                                 f"pass --data FILE with prompt/response")
+            rows = [(f"{args.task}-sft-{i}", r)
+                    for i, r in enumerate(task.sft_records("train", args.num_examples))]
+        return [(i, encode_sft(tok, r["prompt"], data.to_model_tag(r["response"], args.tag)))
+                for i, r in rows]
     if not args.data:
-        raise InputError(f"--objective {args.objective} needs --data FILE (label records, Math-Shepherd or stepwise)")
+        raise InputError(f"--objective {args.objective} needs --data FILE "
+                         f"(label records, Math-Shepherd or stepwise)")
     exs = read_step_examples(args.data, args.labels)
-    return [(e.id or f"{args.data}:{k}", encode_steps(tok, head, e, args.objective, f"{args.data} record {k + 1}"))
+    return [(e.id or f"{args.data}:{k}",
+             encode_steps(tok, head, e, args.objective, f"{args.data} record {k + 1}"))
             for k, e in enumerate(exs)]
 
 
-def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list, max_new_tokens: int = 192,
-                    batch_size: int = 64, sampler=None, tag: str = data.STEP_TAG) -> dict:
-    """Greedy accuracy on problems; where the task knows the step truth, also where solutions first go wrong and
-    the share of outcome-correct solutions that contain a false step (the false positives an ORM cannot see).
-    `sampler`: one already built on `model` (ppo.py reuses its own); `tag`: the step tag the model writes."""
+def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list,
+                    max_new_tokens: int = 192, batch_size: int = 64, sampler=None,
+                    tag: str = data.STEP_TAG) -> dict:
+    """Greedy accuracy on problems; where the task knows the step truth, also where solutions
+    first go wrong and the share of correct answers reached through a false step (what an ORM
+    cannot see). `sampler`: one built on `model` (ppo.py passes its own); `tag`: its step tag."""
     from sampler import Sampler
-    sampler = sampler or Sampler(model, max_batch=batch_size, max_len=model.config.max_position_embeddings)
+    sampler = sampler or Sampler(model, max_batch=batch_size,
+                                 max_len=model.config.max_position_embeddings)
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
     outs = sampler.generate(prompts, sampler.room(prompts, max_new_tokens), temperature=0.0)
     texts = [data.from_model_tag(tok.decode(o.tokens), tag) for o in outs]
@@ -481,20 +510,20 @@ def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list, ma
 
 
 def scratch_dir(path) -> bool:
-    """A tokenizer folder made for this run (a scratch model's, or one with an added tag), removed at the end."""
-    return str(path).startswith(tempfile.gettempdir()) and Path(path).name.startswith("shepherd-tokenizer-")
+    """A tokenizer folder made by this run (scratch, or with an added tag): removed at the end."""
+    return (str(path).startswith(tempfile.gettempdir())
+            and Path(path).name.startswith("shepherd-tokenizer-"))
 
 
-# what a training run depends on: resuming with any of these changed would be a run of neither setting
-TRAIN_SETTINGS = ("objective", "model", "scratch_size", "task", "data", "labels", "num_examples", "steps", "batch_size",
-                  "lr", "min_lr_ratio", "warmup", "weight_decay", "clip", "heldout", "max_len", "untie", "tag",
-                  "add_tag_token", "good", "bad", "seed")
+# what a training run depends on: resuming with one changed would be a run of neither setting
+TRAIN_SETTINGS = ("objective", "model", "scratch_size", "task", "data", "labels", "num_examples",
+                  "steps", "batch_size", "lr", "min_lr_ratio", "warmup", "weight_decay", "clip",
+                  "heldout", "max_len", "untie", "tag", "add_tag_token", "good", "bad", "seed")
 
 
 def open_log(path: Path, keep_until: int | None, key: str):
-    """A run's log.jsonl, locked (a second process writing the same run is refused) and, on resume, cut back to the
-    checkpoint's record[key] (a crash after it must not leave records that the resumed run writes again); on a
-    fresh start, emptied."""
+    """A run's log.jsonl, locked against a second writer. On resume it is cut back to the
+    checkpoint's record[key] (the resumed run writes what came after again); fresh, emptied."""
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")
     try:
@@ -511,14 +540,14 @@ def open_log(path: Path, keep_until: int | None, key: str):
 
 
 def train_start(args, out: Path, resume: bool) -> tuple[Transformer, Tokenizer, Path]:
-    """The model train starts from, its tokenizer and the tokenizer's folder: the checkpoint being resumed, a
-    checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one with the task's tokenizer."""
+    """The model to start from, its tokenizer and the tokenizer's folder: the checkpoint being
+    resumed, a checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one."""
     if resume:
         model, tok = load_model(out, "--out")
         tok_dir = out
     elif args.model == "scratch":
         task = data.get_task(args.task)
-        tok_dir = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))  # every rank builds the same one
+        tok_dir = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))  # same on every rank
         task.build_tokenizer(tok_dir)
         torch.manual_seed(args.seed)
         tok = Tokenizer(tok_dir)
@@ -529,23 +558,26 @@ def train_start(args, out: Path, resume: bool) -> tuple[Transformer, Tokenizer, 
         if args.untie:
             model.untie()
     if tok.pad_id is None or tok.pad_id == tok.eos_id:
-        tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked; any id will do here
-    if args.add_tag_token and args.objective != "sft" and len(prm_head(tok, args.tag).tag) > 1 and not resume:
-        # the tag becomes one token of its own, with its own (trained) embedding row: saved with the checkpoint
+        tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked: any id
+    if (args.add_tag_token and args.objective != "sft" and len(prm_head(tok, args.tag).tag) > 1
+            and not resume):
+        # the tag becomes one new token with a trained embedding row, saved with the checkpoint
         model.init_token_rows([tok.add_token(args.tag)])
-        tok_dir = tok.save(tok_dir if scratch_dir(tok_dir) else tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
+        tok_dir = tok.save(tok_dir if scratch_dir(tok_dir)
+                           else tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
     return model, tok, Path(tok_dir)
 
 
 def split_heldout(examples: list[tuple], fraction: float) -> tuple[list[Example], list[Example]]:
-    """(train, held out), by a hash of each example's id: stable across runs, resumes and world sizes."""
+    """(train, held out) by a hash of each id: stable across runs, resumes and world sizes."""
     held = {i for i, _ in examples if seed_for("heldout", i) % 1000 < fraction * 1000}
     return [e for i, e in examples if i not in held], [e for i, e in examples if i in held]
 
 
-def batch_indices(step: int, micro: int, n: int, batch_size: int, seed: int, d: Dist, per_rank: int) -> list[int]:
-    """This rank's share of micro-batch `micro` of a step: the step's global batch is a fixed slice of a per-epoch
-    permutation of the n examples, so it is the same on resume and on any number of ranks."""
+def batch_indices(step: int, micro: int, n: int, batch_size: int, seed: int, d: Dist,
+                  per_rank: int) -> list[int]:
+    """This rank's share of micro-batch `micro` of a step: the step's global batch is a fixed slice
+    of a per-epoch permutation of the n examples, the same on resume and on any number of ranks."""
     start, epoch = (step * batch_size) % n, (step * batch_size) // n
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     batch = (perm + perm)[start:start + batch_size]  # wrapping around the epoch's end
@@ -553,14 +585,15 @@ def batch_indices(step: int, micro: int, n: int, batch_size: int, seed: int, d: 
     return batch[k * per_rank:(k + 1) * per_rank]
 
 
-def heldout_metrics(model: Transformer, held: list[Example], objective: str, head: PRMHead | None, pad_id: int,
-                    device, batch_size: int, amp) -> dict:
+def heldout_metrics(model: Transformer, held: list[Example], objective: str,
+                    head: PRMHead | None, pad_id: int, device, batch_size: int, amp) -> dict:
     """Held-out loss; for a reward model also the step-level accuracy (threshold 0.5) and AUC."""
     model.eval()
     losses, probs, targets = [], [], []
     with torch.no_grad(), amp:
         for i in range(0, len(held), batch_size):
-            loss, p, t = objective_loss(model, collate(held[i:i + batch_size], pad_id, device), objective, head)
+            loss, p, t = objective_loss(model, collate(held[i:i + batch_size], pad_id, device),
+                                        objective, head)
             losses.append(loss.item())
             if p is not None:
                 probs += p.tolist()
@@ -568,16 +601,18 @@ def heldout_metrics(model: Transformer, held: list[Example], objective: str, hea
     model.train()
     res = {"heldout_loss": sum(losses) / max(1, len(losses))}
     if probs:
-        res["heldout_step_acc"] = sum((p >= 0.5) == (t >= 0.5) for p, t in zip(probs, targets)) / len(probs)
+        res["heldout_step_acc"] = sum((p >= 0.5) == (t >= 0.5)
+                                      for p, t in zip(probs, targets)) / len(probs)
         res["heldout_auc"] = auc(probs, targets)
     return res
 
 
 def save_train_checkpoint(model: Transformer, out: Path, tok_dir: Path, opt, step: int, settings: dict):
-    """The checkpoint with the trainer's state beside it: trainer_state.pt (optimizer, step) to resume, or, once
-    training is done (opt None), trainer_state.json."""
+    """The checkpoint with the trainer's state beside it: trainer_state.pt (optimizer, step) to
+    resume, or, once training is done (opt None), trainer_state.json."""
     if opt is None:
-        extra = {"trainer_state.json": json.dumps({"step": step, "done": True, "settings": settings}).encode()}
+        extra = {"trainer_state.json":
+                 json.dumps({"step": step, "done": True, "settings": settings}).encode()}
     else:
         buf = io.BytesIO()
         torch.save({"optimizer": opt.state_dict(), "step": step, "settings": settings}, buf)
@@ -596,7 +631,8 @@ def cmd_train(args) -> int:
     state_file = out / "trainer_state.pt"
     ours = state_file.exists() or (out / "trainer_state.json").exists()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
-        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); choose another --out")
+        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); "
+                         f"choose another --out")
     resume = state_file.exists() and not args.restart
     if (out / "trainer_state.json").exists() and not args.restart:
         print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
@@ -628,15 +664,19 @@ def cmd_train(args) -> int:
             print(f"resuming {out} at step {step}")
     per_rank = args.batch_size // (d.world * args.grad_accum)
     if per_rank * d.world * args.grad_accum != args.batch_size:
-        raise InputError(f"--batch-size {args.batch_size} must be a multiple of world size x --grad-accum")
+        raise InputError(f"--batch-size {args.batch_size} must be a multiple of "
+                         f"world size x --grad-accum")
     # the first byte written: everything above is validation
-    log = open_log(out.parent / f"{out.name}.log.jsonl", step if resume else None, "step") if d.main else None
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    log = (open_log(out.parent / f"{out.name}.log.jsonl", step if resume else None, "step")
+           if d.main else None)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda")
+           else torch.autocast("cpu", enabled=False))
 
     pack = args.pack and raw.config.max_position_embeddings
 
     def evaluate() -> dict:
-        return heldout_metrics(raw, held, args.objective, head, tok.pad_id, d.device, args.eval_batch_size, amp)
+        return heldout_metrics(raw, held, args.objective, head, tok.pad_id, d.device,
+                               args.eval_batch_size, amp)
 
     bar = None
     try:
@@ -645,9 +685,11 @@ def cmd_train(args) -> int:
             if log:
                 log.write(json.dumps(rec) + "\n")
             if d.main:
-                print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
+                print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
+                                  for k, v in rec.items()}))
         model.train()
-        bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step, total=args.steps)
+        bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step,
+                       total=args.steps)
         t0 = time.time()
         for step in bar:
             lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
@@ -662,9 +704,10 @@ def cmd_train(args) -> int:
                 (loss / args.grad_accum).backward()
                 total += loss.item() / args.grad_accum
             if not math.isfinite(total):
-                saved = f"the last good checkpoint is {out}" if state_file.exists() else "no checkpoint was saved"
-                raise InputError(f"{args.data or args.task}: loss is {total} at step {step} (learning rate too high? NaN "
-                                 f"in the weights?); {saved}")
+                saved = (f"the last good checkpoint is {out}" if state_file.exists()
+                         else "no checkpoint was saved")
+                raise InputError(f"{args.data or args.task}: loss is {total} at step {step} "
+                                 f"(learning rate too high? NaN in the weights?); {saved}")
             gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip).item()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -672,7 +715,8 @@ def cmd_train(args) -> int:
             rec = {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm, "time": time.time() - t0}
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 rec.update(evaluate() if held else {})
-                bar.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
+                bar.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v
+                                      for k, v in rec.items()}))
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -692,28 +736,30 @@ def cmd_train(args) -> int:
         raise
     barrier(d)
     if scratch_dir(tok_dir):
-        shutil.rmtree(tok_dir, ignore_errors=True)  # the scratch tokenizer now lives in the checkpoint
+        shutil.rmtree(tok_dir, ignore_errors=True)  # the tokenizer now lives in the checkpoint
     if d.main:
-        print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, {time.time() - t0:.0f}s)")
+        print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, "
+              f"{time.time() - t0:.0f}s)")
         if args.objective == "sft" and args.eval_problems:
             task = data.get_task(args.task)
-            res = evaluate_policy(raw.eval(), tok, task, task.load("test")[:args.eval_problems], tag=args.tag)
+            res = evaluate_policy(raw.eval(), tok, task, task.load("test")[:args.eval_problems],
+                                  tag=args.tag)
             print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
             atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
     return 0
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Labeling (Math-Shepherd §3.3): for every step of every solution, N completions from the prefix ending at that step
+# ------------------------------------------------------------------------------------------------
+# Labeling (Math-Shepherd §3.3): N completions from the prefix ending at each step of a solution
 
 
 def hard_label(correct: list[bool]) -> int:
-    """Math-Shepherd Eq. 3, hard estimation: 1 if ANY completion from this step reaches the gold answer."""
+    """Math-Shepherd Eq. 3 (hard estimation): 1 if ANY completion from the step reaches the gold."""
     return int(any(correct))
 
 
 def soft_label(correct: list[bool]) -> float:
-    """Math-Shepherd Eq. 4, soft estimation: the FRACTION of completions that reach the gold answer."""
+    """Math-Shepherd Eq. 4 (soft estimation): the FRACTION of completions that reach the gold."""
     return sum(correct) / len(correct)
 
 
@@ -731,10 +777,10 @@ class Solution:
 
 
 def solution_tokens(tok: Tokenizer, sol: Solution, head: PRMHead) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids) of a solution, the response cut after its last tag (EOS and trailing text off)."""
+    """(prompt ids, response ids), the response cut after its last tag (no EOS or trailing text)."""
     prompt = tok.encode(data.format_prompt(sol.problem.question))
     resp = sol.tokens
-    if resp is None:  # a solution read from a file: tokenise prompt + steps together, as the policy would write it
+    if resp is None:  # read from a file: tokenise prompt + steps as one text, as the policy would
         steps = data.to_model_tag(data.join_steps(sol.steps), head.text)
         full = tok.encode(data.format_prompt(sol.problem.question) + steps)
         resp = full[len(prompt):] if full[:len(prompt)] == prompt else tok.encode(steps, bos=False)
@@ -743,19 +789,22 @@ def solution_tokens(tok: Tokenizer, sol: Solution, head: PRMHead) -> tuple[list[
 
 
 class Labeler:
-    """Labels the solutions of one problem at a time: a fixed unit of work, so results never depend on what else
-    shares a run (resume and torchrun shards give byte-identical records)."""
+    """Labels one problem's solutions at a time: a fixed unit of work, so results never depend on
+    what else shares a run (resumes and torchrun shards give byte-identical records)."""
 
     def __init__(self, args, task, generator, completer, tok: Tokenizer, head: PRMHead):
         from sampler import Sampler
-        self.args, self.task, self.tok, self.head = args, task, tok, head  # the step tag, as written and as ids
-        self.comp = Sampler(completer, max_batch=args.batch_size, max_len=completer.config.max_position_embeddings)
+        self.args, self.task, self.tok, self.head = args, task, tok, head  # head: the step tag
+        self.comp = Sampler(completer, max_batch=args.batch_size,
+                            max_len=completer.config.max_position_embeddings)
         self.gen = None if generator is None else self.comp if generator is completer else \
-            Sampler(generator, max_batch=args.batch_size, max_len=generator.config.max_position_embeddings)
-        self.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
+            Sampler(generator, max_batch=args.batch_size,
+                    max_len=generator.config.max_position_embeddings)
+        self.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0,
+                          prefill_tokens=0, skipped=0)
 
     def sample_solutions(self, problems: list[data.Problem]) -> dict[str, list[Solution]]:
-        """num_solutions sampled solutions of each problem (one generate call for all), by problem id."""
+        """num_solutions samples per problem (one generate call for all), by problem id."""
         a, tok, n = self.args, self.tok, self.args.num_solutions
         if not problems:
             return {}
@@ -763,11 +812,12 @@ class Labeler:
         ctx = self.gen.model.config.max_position_embeddings
         for p, prompt in zip(problems, prompts):
             if len(prompt) >= ctx:
-                raise InputError(f"{p.id}: the prompt ({len(prompt)} tokens) does not fit the generator's context")
+                raise InputError(f"{p.id}: the prompt ({len(prompt)} tokens) does not fit the "
+                                 f"generator's context")
         seeds = [seed_for(a.seed, p.id, j, "solution") for p in problems for j in range(n)]
         rows = [x for x in prompts for _ in range(n)]
-        outs = self.gen.generate(rows, self.gen.room(rows, a.max_new_tokens), temperature=a.temperature,
-                                 top_p=a.top_p, seeds=seeds)
+        outs = self.gen.generate(rows, self.gen.room(rows, a.max_new_tokens),
+                                 temperature=a.temperature, top_p=a.top_p, seeds=seeds)
         self.stats["prefill_tokens"] += sum(map(len, prompts)) * n
         sols = {p.id: [] for p in problems}
         for k, o in enumerate(outs):
@@ -775,7 +825,7 @@ class Labeler:
             self.stats["generated_tokens"] += len(o.tokens)
             steps = data.split_steps(data.from_model_tag(tok.decode(o.tokens), self.head.text))
             ends = tag_positions(o.tokens, self.head.tag)
-            if not steps or len(ends) != len(steps):  # no tagged step at all, or text after the last tag
+            if not steps or len(ends) != len(steps):  # no tagged step, or text after the last tag
                 steps = steps[:len(ends)]
             if not steps:
                 self.stats["skipped"] += 1
@@ -790,11 +840,11 @@ class Labeler:
         ctx = self.comp.model.config.max_position_embeddings
         if len(prompt) + len(resp) >= ctx:
             where = sol.problem.meta.get("where", sol.id)
-            raise InputError(f"{where}: fields 'question' + steps: {len(prompt) + len(resp)} tokens do not fit "
-                             f"the completer's context ({ctx})")
+            raise InputError(f"{where}: fields 'question' + steps: {len(prompt) + len(resp)} "
+                             f"tokens do not fit the completer's context ({ctx})")
 
     def label(self, sols: list[Solution]) -> list[dict]:
-        """One prefill per solution; rollouts of every non-final step forked from it, N per step, sharing batches."""
+        """One prefill per solution; N rollouts forked from each non-final step, sharing batches."""
         a, tok = self.args, self.tok
         seqs, prompt_lens, forks, seeds = [], [], [], []
         for s, sol in enumerate(sols):
@@ -802,21 +852,24 @@ class Labeler:
             prompt_lens.append(len(prompt))
             self.check_fits(sol, prompt, resp)
             seqs.append(prompt + resp)
-            for k, end in enumerate(tag_positions(resp, self.head.tag)[:-1]):  # the last step needs no rollouts
+            for k, end in enumerate(tag_positions(resp, self.head.tag)[:-1]):  # last: no rollouts
                 forks.append((s, len(prompt) + end + 1, k))
-                seeds.append(seed_for(a.seed, sol.id, k, "rollouts"))  # the sampler derives one per completion
+                # one seed per step: the sampler derives each completion's from it
+                seeds.append(seed_for(a.seed, sol.id, k, "rollouts"))
         ctx = self.comp.model.config.max_position_embeddings
-        limits = [min(a.max_new_tokens, ctx - t) for _, t, _ in forks]  # a completion never runs past the context
-        outs = self.comp.fork(seqs, [(s, t) for s, t, _ in forks], limits, num_samples=a.num_completions,
-                              temperature=a.temperature, top_p=a.top_p, seeds=seeds) if forks else []
+        limits = [min(a.max_new_tokens, ctx - t) for _, t, _ in forks]  # never past the context
+        outs = self.comp.fork(seqs, [(s, t) for s, t, _ in forks], limits,
+                              num_samples=a.num_completions, temperature=a.temperature,
+                              top_p=a.top_p, seeds=seeds) if forks else []
         self.stats["prefill_tokens"] += sum(map(len, seqs))
-        # per solution, per rolled-out step: each completion's final answer and whether the grader accepts it
+        # per solution, per rolled-out step: each completion's final answer and whether it is right
         answers = [[[] for _ in sol.steps[:-1]] for sol in sols]
         correct = [[[] for _ in sol.steps[:-1]] for sol in sols]
         for (s, t, k), group in zip(forks, outs):
             for o in group:
                 self.stats["generated_tokens"] += len(o.tokens)
-                text = data.from_model_tag(tok.decode(seqs[s][prompt_lens[s]:t] + o.tokens), self.head.text)
+                text = data.from_model_tag(tok.decode(seqs[s][prompt_lens[s]:t] + o.tokens),
+                                           self.head.text)
                 answers[s][k].append(self.task.extract_answer(text))
                 correct[s][k].append(self.task.grade(text, sols[s].problem.answer))
         records = []
@@ -824,12 +877,13 @@ class Labeler:
             p = sol.problem
             own = self.task.extract_answer(data.join_steps(sol.steps))
             outcome = self.task.grade(data.join_steps(sol.steps), p.answer)
-            rec = {"id": sol.id, "problem_id": p.id, "question": p.question, "gold": p.answer, "steps": sol.steps,
-                   "answer": own, "correct": outcome,
-                   "hard": [hard_label(c) for c in correct[s]] + [int(outcome)],  # last step: its own answer
+            rec = {"id": sol.id, "problem_id": p.id, "question": p.question, "gold": p.answer,
+                   "steps": sol.steps, "answer": own, "correct": outcome,
+                   "hard": [hard_label(c) for c in correct[s]] + [int(outcome)],  # last: graded
                    "soft": [soft_label(c) for c in correct[s]] + [float(outcome)],
-                   "rollout_answers": answers[s], "rollout_correct": [[int(x) for x in c] for c in correct[s]]}
-            try:  # the exact step truth, where the task knows it (the synthetic world's own problems)
+                   "rollout_answers": answers[s],
+                   "rollout_correct": [[int(x) for x in c] for c in correct[s]]}
+            try:  # the exact step truth, where the task knows it (the synthetic world's problems)
                 rec["truth"] = [int(x) for x in self.task.step_truth(p, sol.steps)]
             except (AttributeError, ValueError):
                 pass
@@ -840,16 +894,18 @@ class Labeler:
         return records
 
 
-def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[data.Problem, list[Solution]]]:
-    """Solutions someone else generated, in any of the three formats (parse_solution). The gold answer comes from a
-    'gold'/'answer' field, or else from the task's problem with the same question; the task's grader must read it."""
+def read_solutions(path: str, task, skip_bad: bool,
+                   stats: dict) -> list[tuple[data.Problem, list[Solution]]]:
+    """Solutions someone else generated, in any format parse_solution reads. The gold answer is a
+    'gold'/'answer' field, or the task's problem with that question; its grader must read it."""
     def checked(n, rec):
         r = parse_solution(rec, f"{path}:{n}")
         if r.gold is not None and not task.grade(f"{data.ANSWER_PREFIX} {r.gold}", r.gold):
-            raise InputError(f"{path}:{n}: field 'gold': {r.gold!r} is not an answer the {task.__name__} grader can read")
+            raise InputError(f"{path}:{n}: field 'gold': {r.gold!r} is not an answer the "
+                             f"{task.__name__} grader can read")
         return n, r
     records = []
-    for n, rec in read_jsonl(path):  # the whole file is checked before the task's problems are loaded
+    for n, rec in read_jsonl(path):  # the whole file is checked before loading the task's problems
         try:
             records.append(checked(n, rec))
         except InputError:
@@ -867,12 +923,13 @@ def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[d
         problem = known.get(r.question.strip())
         if problem is None and r.gold is None:
             if not skip_bad:
-                raise InputError(f"{path}:{n}: field 'gold': no gold answer (and no {task.__name__} problem with this "
-                                 f"question)")
+                raise InputError(f"{path}:{n}: field 'gold': no gold answer (and no "
+                                 f"{task.__name__} problem with this question)")
             stats["skipped"] += 1
             continue
         meta = problem.meta if problem is not None else {}
-        pid = r.id or (f"{problem.id}@{Path(path).stem}-{n}" if problem is not None else f"{Path(path).stem}-{n}")
+        pid = r.id or (f"{problem.id}@{Path(path).stem}-{n}" if problem is not None
+                       else f"{Path(path).stem}-{n}")
         problem = data.Problem(pid, r.question.strip(), r.gold if r.gold is not None else problem.answer,
                                {**meta, "where": f"{path}:{n}"})
         units.append((problem, [Solution(problem, 0, r.steps)]))
@@ -880,16 +937,18 @@ def read_solutions(path: str, task, skip_bad: bool, stats: dict) -> list[tuple[d
 
 
 class Progress:
-    """Resumable output: records appended and flushed unit by unit; a sidecar file holds the settings that made them
-    (first line) and then the finished units, each with the byte offset where its records end. On restart, anything
-    past the last finished unit (a torn line, a unit cut off by SIGKILL) is cut away and redone. The sidecar is also
-    a lock: a second process writing the same output is refused."""
+    """Resumable output: records appended and flushed unit by unit. A sidecar file holds the
+    settings that made them (first line), then the finished units, each with the byte offset where
+    its records end. On restart, anything past the last finished unit (a torn line, a unit cut off
+    by SIGKILL) is cut away and redone. The sidecar is also a lock against a second writer."""
 
     def __init__(self, path: Path, settings: dict, restart: bool = False):
         self.path, self.side = path, path.parent / f".{path.name}.progress"
         if path.is_dir() or (path.exists() and not self.side.exists()):
-            raise InputError(f"{path}: --out exists and is not a label output; remove it or choose another --out")
-        self.made = next((p for p in reversed(path.parents) if not p.exists()), None)  # removed with the files
+            raise InputError(f"{path}: --out exists and is not a label output; "
+                             f"remove it or choose another --out")
+        # the first folder this run creates: removed along with the files
+        self.made = next((p for p in reversed(path.parents) if not p.exists()), None)
         path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.side.exists()
         self.fside = open(self.side, "a+")
@@ -913,13 +972,15 @@ class Progress:
             fcntl.flock(self.fside, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.fside.close()
-            raise InputError(f"{path}: another process is writing this output (its lock: {self.side})") from None
+            raise InputError(f"{path}: another process is writing this output "
+                             f"(its lock: {self.side})") from None
         self.fside.seek(0)
         lines = self.fside.read().splitlines()
-        saved = json.loads(lines[0]).get("settings") if lines and lines[0].startswith('{"settings"') else None
+        saved = (json.loads(lines[0]).get("settings")
+                 if lines and lines[0].startswith('{"settings"') else None)
         self.done, end = {}, 0
         if lines and not restart and path.exists():
-            check_settings(path, saved, settings, flag=lambda k: f"{k}:")  # not all are flags (the digests)
+            check_settings(path, saved, settings, flag=lambda k: f"{k}:")  # digests are no flags
             for line in lines[1:]:
                 try:
                     entry = json.loads(line)
@@ -948,10 +1009,10 @@ class Progress:
         self.done[unit] = self.f.tell()
 
     def close(self, remove: bool = False):
-        """remove: nothing was finished, so nothing is kept (a run that failed before its first unit)."""
+        """remove: nothing was finished (the run failed before its first unit), so keep nothing."""
         try:
             self.f.close()
-        except OSError:  # the disk filled while the last unit was written: a torn unit, cut away on resume
+        except OSError:  # the disk filled during the last unit: it is torn, and cut away on resume
             pass
         if remove:
             self.path.unlink(missing_ok=True)
@@ -964,8 +1025,8 @@ class Progress:
 
 
 def checkpoint_digest(folder) -> str:
-    """What identifies a checkpoint without reading 14 GB: config, tokenizer, and each weight file's size, first and
-    last MiB (the safetensors header and tensors at both ends)."""
+    """What identifies a checkpoint without reading 14 GB: config, tokenizer, and each weight
+    file's size, first and last MiB (the safetensors header and tensors at both ends)."""
     h = hashlib.sha256()
     for f in sorted(Path(folder).iterdir()):
         if f.name in ("config.json", "tokenizer.json") or f.suffix == ".safetensors":
@@ -977,32 +1038,35 @@ def checkpoint_digest(folder) -> str:
     return h.hexdigest()[:16]
 
 
-RELEASED_TASK_NAMES = {"gsm8k": "GSM8K", "math": "MATH"}  # as the released Math-Shepherd data spells them
+RELEASED_TASK_NAMES = {"gsm8k": "GSM8K", "math": "MATH"}  # as the released data spells them
 
 
 def export(records: list[dict], fmt: str, task_name: str, labels: str) -> str:
-    """Math-Shepherd's jsonl (tags replaced by +/- in 'label') or TRL's stepwise records. labels (stepwise): hard,
-    soft (floats: TRL's PRM trainer casts labels with int(), so 0.75 would read as 0), or soft-threshold (soft >= 0.5,
-    as booleans)."""
+    """Math-Shepherd's jsonl (tags replaced by +/- in 'label') or TRL's stepwise records with
+    `labels` (hard, soft or soft-threshold: see --export-labels)."""
     lines = []
     for r in records:
-        steps = [re.sub(r"^\s*Step \d+:\s*", "", s) for s in r["steps"]]  # a stepwise input's own 'Step k:' prefixes
+        # drop a stepwise input's own 'Step k:' prefixes
+        steps = [re.sub(r"^\s*Step \d+:\s*", "", s) for s in r["steps"]]
         if fmt == "math-shepherd":
             body = [f"Step {i + 1}: {s} " for i, s in enumerate(steps)]
             mark = ["+" if y else "-" for y in r["hard"]]
             lines.append({"input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
                           "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
-                          "task": RELEASED_TASK_NAMES.get(task_name, task_name), "gold": r["gold"]})  # gold: extra
+                          "task": RELEASED_TASK_NAMES.get(task_name, task_name),
+                          "gold": r["gold"]})  # gold: an extra field
         else:
             ys = {"hard": [bool(y) for y in r["hard"]], "soft": r["soft"],
                   "soft-threshold": [y >= 0.5 for y in r["soft"]]}[labels]
-            lines.append({"prompt": r["question"], "completions": r["steps"], "labels": ys, "gold": r["gold"]})
+            lines.append({"prompt": r["question"], "completions": r["steps"], "labels": ys,
+                          "gold": r["gold"]})
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
 
 
 def quality_report(records: list[dict], max_n: int) -> dict:
-    """Label accuracy against the exact step truth (the synthetic world), for N = 1, 2, 4, ... completions: the
-    analogue of Math-Shepherd Table 4 / §5.2. Steps with rollouts only (a last step is graded, not estimated)."""
+    """Label accuracy against the exact step truth (the synthetic world), for N = 1, 2, 4, ...
+    completions: the analogue of Math-Shepherd Table 4 / §5.2. Steps with rollouts only (the last
+    step is graded, not estimated)."""
     report = {}
     for n in [k for k in (1, 2, 4, 8, 16, 32) if k <= max_n]:
         for kind in ("hard", "soft"):
@@ -1010,38 +1074,44 @@ def quality_report(records: list[dict], max_n: int) -> dict:
             for r in records:
                 for truth, c in zip(r["truth"], r["rollout_correct"]):
                     y = hard_label(c[:n]) if kind == "hard" else int(soft_label(c[:n]) >= 0.5)
-                    tp, fp, tn, fn = tp + (y and truth), fp + (y and not truth), tn + (not y and not truth), fn + (not y and truth)
+                    tp, fp, tn, fn = (tp + (y and truth), fp + (y and not truth),
+                                      tn + (not y and not truth), fn + (not y and truth))
             total = tp + fp + tn + fn
-            report[f"{kind}@{n}"] = {"N": n, "labels": kind, "steps": total,
-                                     "accuracy": (tp + tn) / total if total else float("nan"),
-                                     "false_positive_rate": fp / (fp + tn) if fp + tn else float("nan"),
-                                     "false_negative_rate": fn / (fn + tp) if fn + tp else float("nan")}
+            report[f"{kind}@{n}"] = {
+                "N": n, "labels": kind, "steps": total,
+                "accuracy": (tp + tn) / total if total else float("nan"),
+                "false_positive_rate": fp / (fp + tn) if fp + tn else float("nan"),
+                "false_negative_rate": fn / (fn + tp) if fn + tp else float("nan")}
     return report
 
 
 def show(records: list[dict], k: int):
     """The teaching view: each step, its completions' final answers, the labels (and the truth)."""
     for r in records[:k]:
-        print(f"\n=== {r['id']}  gold {r['gold']}  answer {r['answer']}  ({'correct' if r['correct'] else 'wrong'})")
+        print(f"\n=== {r['id']}  gold {r['gold']}  answer {r['answer']}  "
+              f"({'correct' if r['correct'] else 'wrong'})")
         print(r["question"])
         for i, step in enumerate(r["steps"]):
             truth = f"  truth {r['truth'][i]}" if "truth" in r else ""
             if i < len(r["rollout_answers"]):
                 ans = " ".join("∅" if a is None else str(a) for a in r["rollout_answers"][i])
-                print(f"  step {i + 1}: {step:<34} completions → [{ans}]  hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
+                print(f"  step {i + 1}: {step:<34} completions → [{ans}]  "
+                      f"hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
             else:
-                print(f"  step {i + 1}: {step:<34} (last step: graded)  hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
+                print(f"  step {i + 1}: {step:<34} (last step: graded)  "
+                      f"hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
 
 
-# what a label output depends on: a resume with any of these changed would mix records made two ways
-LABEL_SETTINGS = ("task", "split", "limit", "model", "completer", "solutions", "num_solutions", "num_completions",
-                  "temperature", "top_p", "max_new_tokens", "group", "seed", "tag", "dtype", "skip_bad")
+# what a label output depends on: resuming with one changed would mix records made two ways
+LABEL_SETTINGS = ("task", "split", "limit", "model", "completer", "solutions", "num_solutions",
+                  "num_completions", "temperature", "top_p", "max_new_tokens", "group", "seed",
+                  "tag", "dtype", "skip_bad")
 
 
 def label_units(args, task, labeler) -> list[tuple]:
-    """What label works on, as (problem, its given solutions or None to sample them): the task's first --limit
-    problems, or the --solutions records, every one checked (to fit the completer's context) before anything is
-    written."""
+    """What label works on, as (problem, its given solutions or None to sample them): the task's
+    first --limit problems, or the --solutions records, each checked to fit the completer's
+    context before anything is written."""
     if not args.solutions:
         return [(p, None) for p in task_problems(task, args.task, args.split)[:args.limit]]
     fits = []
@@ -1057,19 +1127,20 @@ def label_units(args, task, labeler) -> list[tuple]:
 
 
 def merge_shards(out: Path, groups: list, settings: dict, world: int):
-    """torchrun label: rank 0 merges the ranks' shards into --out in the single-process order, with the progress
-    sidecar a single process would have left."""
+    """torchrun label: rank 0 merges the ranks' shards into --out in the single-process order,
+    with the progress sidecar a single process would have left."""
     by_unit = {}
     for r in range(world):
         part = out.parent / f".{out.name}.rank{r}-of-{world}"
         for line in part.read_text().splitlines(keepends=True):
             by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
     text, ends = "", []
-    for group in groups:  # the merged file gets the sidecar a single process would have left
+    for group in groups:
         text += "".join(line for p, _ in group for line in by_unit.get(p.id, []))
         ends.append(json.dumps({"unit": group[0][0].id, "end": len(text.encode())}) + "\n")
     atomic_write(out, text)
-    atomic_write(out.parent / f".{out.name}.progress", json.dumps({"settings": settings}) + "\n" + "".join(ends))
+    atomic_write(out.parent / f".{out.name}.progress",
+                 json.dumps({"settings": settings}) + "\n" + "".join(ends))
     for r in range(world):
         part = out.parent / f".{out.name}.rank{r}-of-{world}"
         part.unlink()
@@ -1093,47 +1164,55 @@ def cmd_label(args) -> int:
     model_path = args.model or getattr(task, "POLICY_DIR", None)
     if model_path is None:
         raise InputError(f"--model is required for task {args.task!r}")
-    if args.task == "synthetic" and model_path == task.POLICY_DIR and not Path(model_path, "config.json").exists():
-        raise InputError(f"{model_path}: the tiny policy is missing; build it with: {task.POLICY_COMMAND}")
-    generator, gen_tok = (None, None) if args.solutions else load_model(model_path, "--model", dtype, d.device)
+    if (args.task == "synthetic" and model_path == task.POLICY_DIR
+            and not Path(model_path, "config.json").exists()):
+        raise InputError(f"{model_path}: the tiny policy is missing; "
+                         f"build it with: {task.POLICY_COMMAND}")
+    generator, gen_tok = (None, None) if args.solutions else \
+        load_model(model_path, "--model", dtype, d.device)
     if args.completer is None and generator is not None:
         completer, tok = generator, gen_tok
     else:
-        completer, tok = load_model(args.completer or model_path, "--completer" if args.completer else "--model",
-                                    dtype, d.device)
+        completer, tok = load_model(args.completer or model_path,
+                                    "--completer" if args.completer else "--model", dtype, d.device)
     if gen_tok is not None:
         same_tokenizer(gen_tok, tok, "the completer")
     labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag))
     units = label_units(args, task, labeler)
-    # the unit of work: --group consecutive problems (or input records), sampled and labeled in shared batches. A
-    # unit's records depend on it alone, so resumes and torchrun shards give the single-process file byte for byte
+    # the unit of work (see Labeler): --group consecutive problems (or input records)
     groups = [units[i:i + args.group] for i in range(0, len(units), args.group)]
     mine = groups[d.rank::d.world]  # a disjoint shard of units per rank
     shard = out if d.world == 1 else out.parent / f".{out.name}.rank{d.rank}-of-{d.world}"
     if args.solutions and Path(args.solutions).resolve() == out.resolve():
         raise InputError(f"{out}: --out is the --solutions input; choose another --out")
-    if d.world > 1 and (out.is_dir() or (out.exists() and not (out.parent / f".{out.name}.progress").exists())):
-        raise InputError(f"{out}: --out exists and is not a label output; remove it or choose another --out")
+    if d.world > 1 and (out.is_dir() or (
+            out.exists() and not (out.parent / f".{out.name}.progress").exists())):
+        raise InputError(f"{out}: --out exists and is not a label output; "
+                         f"remove it or choose another --out")
     settings = {k: getattr(args, k) for k in LABEL_SETTINGS}
-    settings.update(generator_digest=None if generator is None else checkpoint_digest(generator.source_dir),
-                    completer_digest=checkpoint_digest(completer.source_dir),
-                    input_digest=args.solutions and file_digest(args.solutions))
-    prog = Progress(shard, settings, args.restart)  # the first byte written: everything above is validation
+    settings.update(
+        generator_digest=None if generator is None else checkpoint_digest(generator.source_dir),
+        completer_digest=checkpoint_digest(completer.source_dir),
+        input_digest=args.solutions and file_digest(args.solutions))
+    # the first byte written: everything above is validation
+    prog = Progress(shard, settings, args.restart)
     todo = [g for g in mine if g[0][0].id not in prog.done]
     if d.main and len(todo) < len(mine):
-        print(f"resuming {out}: {len(mine) - len(todo)} of {len(mine)} units of {args.group} already labeled")
+        print(f"resuming {out}: {len(mine) - len(todo)} of {len(mine)} units of {args.group} "
+              f"already labeled")
     t_work = time.time()
     bar = progress(total=sum(map(len, todo)), d=d, desc="label", unit="problem")
     try:
         for group in todo:
             sampled = labeler.sample_solutions([p for p, sols in group if sols is None])
-            sols = [s for p, given in group for s in (given if given is not None else sampled.get(p.id, []))]
+            sols = [s for p, given in group
+                    for s in (given if given is not None else sampled.get(p.id, []))]
             prog.write(group[0][0].id, labeler.label(sols) if sols else [])
             labeler.stats["problems"] += len(group)
             bar.update(len(group))
     except BaseException:
         bar.close()  # the error then starts a line of its own
-        prog.close(remove=not prog.done)  # finished units are kept for the resume; an empty start is not
+        prog.close(remove=not prog.done)  # finished units are kept for the resume
         raise
     bar.close()
     prog.close()
@@ -1153,7 +1232,8 @@ def cmd_label(args) -> int:
     records = [json.loads(line) for line in out.read_text().splitlines()]
     for fmt in args.format:
         if fmt != "records":
-            atomic_write(out.with_suffix(f".{fmt}.jsonl"), export(records, fmt, args.task, args.export_labels))
+            atomic_write(out.with_suffix(f".{fmt}.jsonl"),
+                         export(records, fmt, args.task, args.export_labels))
     if args.show:
         show(records, args.show)
     audited = [r for r in records if "truth" in r]
@@ -1162,20 +1242,21 @@ def cmd_label(args) -> int:
         atomic_write(out.with_suffix(".quality.json"), json.dumps(report, indent=2) + "\n")
         print_quality(report)
     tokens = stats["generated_tokens"]
-    print(f"\nlabeled {stats['problems']} problems, {stats['solutions']} solutions, {stats['steps']} steps "
-          f"({stats['rollouts']} rollouts); skipped {stats['skipped']}")
-    print(f"tokens: {tokens} generated, {stats['prefill_tokens']} prefilled; {tokens / max(work_s, 1e-9):.0f} tok/s, "
-          f"{stats['steps'] / max(work_s, 1e-9):.1f} steps labeled/s; {time.time() - t0:.1f}s in all")
+    print(f"\nlabeled {stats['problems']} problems, {stats['solutions']} solutions, "
+          f"{stats['steps']} steps ({stats['rollouts']} rollouts); skipped {stats['skipped']}")
+    print(f"tokens: {tokens} generated, {stats['prefill_tokens']} prefilled; "
+          f"{tokens / max(work_s, 1e-9):.0f} tok/s, {stats['steps'] / max(work_s, 1e-9):.1f} "
+          f"steps labeled/s; {time.time() - t0:.1f}s in all")
     print(f"wrote {out} ({len(records)} records)")
     return 0
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Verification: rerank N sampled solutions per problem (Math-Shepherd Table 1; PRM800K's best-of-N protocol)
+# ------------------------------------------------------------------------------------------------
+# Verification: rerank N sampled solutions per problem (Math-Shepherd Table 1; PRM800K's protocol)
 
 
 def aggregate(step_scores: list[float], how: str) -> float:
-    """A solution's score from its step scores: min (Math-Shepherd's choice), prod (PRM800K's), or last."""
+    """A solution's score from its step scores: min (Math-Shepherd's), prod (PRM800K's), or last."""
     if not step_scores:
         return 0.0
     if how == "min":
@@ -1188,7 +1269,7 @@ def aggregate(step_scores: list[float], how: str) -> float:
 
 
 def majority_vote(answers: list) -> object:
-    """Self-consistency: the most frequent answer (None never votes); ties go to the one seen first."""
+    """Self-consistency: the most frequent answer (None never votes); ties go to the first seen."""
     counts = {}
     for a in answers:
         if a is not None:
@@ -1211,17 +1292,19 @@ def weighted_vote(answers: list, scores: list[float]) -> object:
 
 
 def rm_text(question: str, steps: list[str], style: str) -> str:
-    """What a reward model reads: ours (prompt + steps, as the policy writes them) or the released Math-Shepherd PRM's
-    ('question Step 1: ... ки\nStep 2: ... ки')."""
+    """What a reward model reads: ours (prompt + steps, as the policy writes them) or the released
+    Math-Shepherd PRM's ('question Step 1: ... ки\nStep 2: ... ки')."""
     if style == "math-shepherd":
-        return question.strip() + " " + "\n".join(f"Step {i + 1}: {s} {data.STEP_TAG}" for i, s in enumerate(steps))
+        return question.strip() + " " + "\n".join(f"Step {i + 1}: {s} {data.STEP_TAG}"
+                                                  for i, s in enumerate(steps))
     return data.format_prompt(question) + data.join_steps(steps)
 
 
 @torch.no_grad()
-def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: list[str], batch_size: int = 32) -> list[list[float]]:
-    """Every step score of every solution: one forward pass per distinct text (batched, right-padded, longest first;
-    a policy's samples repeat, so copies are scored once)."""
+def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: list[str],
+                    batch_size: int = 32) -> list[list[float]]:
+    """Every step score of every solution: one forward pass per distinct text (batched,
+    right-padded, longest first; a policy's samples repeat, so copies are scored once)."""
     from model import step_scores
     distinct = list(dict.fromkeys(texts))
     if len(distinct) < len(texts):
@@ -1249,7 +1332,7 @@ def solution_score(rm_name: str, step_scores: list[float]) -> float:
 
 
 def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[str, object]:
-    """Every method's chosen answer for one problem's solutions. scores: reward model name -> step scores."""
+    """Every method's chosen answer for one problem. scores: reward model name -> step scores."""
     chosen = {"SC": majority_vote(answers)}
     for name, steps in scores.items():
         if name.startswith("ORM"):
@@ -1262,19 +1345,17 @@ def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[
 
 
 def blind_choice(texts: list[str], right: list[bool]) -> float:
-    """The expected hit of a verifier blind within a problem: its deterministic score gives every copy of a text
-    the same value, and no text a better one for being right, so its argmax is a uniformly random DISTINCT text.
-    (Right solutions of one problem tend to be few distinct texts, wrong ones many: blind reranking falls with N.)"""
+    """The expected hit of a verifier blind within a problem: its argmax is a uniformly random
+    DISTINCT text (a deterministic score ties the copies of a text, and favours no right one)."""
     distinct = dict(zip(texts, right))
     return sum(distinct.values()) / len(distinct)
 
 
 def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: int) -> dict:
-    """Accuracy of every method vs N: for each N, `subsets` random subsets of N solutions per problem (as PRM800K's
-    evaluation does); the mean over subsets, and the spread (std) of the per-subset accuracies.
-
-    per_problem: {"answers": [...], "correct": {answer: bool}, "scores": {rm: [[step scores]...]}}, and optionally
-    "texts" (each solution's text), which adds the blind-verifier baseline ("blind")."""
+    """Accuracy of every method vs N: for each N, `subsets` random subsets of N solutions per
+    problem (as PRM800K's evaluation does); the mean over subsets and its std.
+    per_problem: {"answers": [...], "correct": {answer: bool}, "scores": {rm: [[step scores]...]}},
+    and optionally "texts" (each solution's text), which adds the blind baseline ("blind")."""
     rng = random.Random(seed)
     curve = {}
     for n in ns:
@@ -1289,22 +1370,24 @@ def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: 
                     hits[m] = hits.get(m, 0) + bool(p["correct"].get(a, False))
                 if "texts" in p:
                     right = [bool(p["correct"].get(a, False)) for a in ans]
-                    hits["blind"] = hits.get("blind", 0) + blind_choice([p["texts"][i] for i in idx], right)
+                    hits["blind"] = hits.get("blind", 0) + blind_choice(
+                        [p["texts"][i] for i in idx], right)
             for m, h in hits.items():
                 accs.setdefault(m, []).append(h / len(per_problem))
-        curve[n] = {m: {"mean": sum(a) / len(a), "std": (sum((x - sum(a) / len(a)) ** 2 for x in a) / len(a)) ** 0.5}
+        curve[n] = {m: {"mean": sum(a) / len(a),
+                        "std": (sum((x - sum(a) / len(a)) ** 2 for x in a) / len(a)) ** 0.5}
                     for m, a in accs.items()}
     return curve
 
 
 def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
     """Why best-of-N moves, per reward model:
-      within_auc  P(a right solution outscores a wrong one of the SAME problem), averaged over the problems that have
-                  both: what reranking needs (0.5 = blind within a problem);
+      within_auc  P(a right solution outscores a wrong one of the SAME problem), averaged over
+                  problems that have both: what reranking needs (0.5 = blind within a problem);
       pooled_auc  the same over all solutions pooled: also rewards knowing which problems are hard;
       step_auc    (tasks with step truth) every step's score against its exact truth, pooled;
-      within_auc_process  within_auc with "right" = every step true (the process, not just the answer).
-    (cmd_verify adds slip_auc where the task makes slip pairs: a step as written vs with its result changed.)"""
+      within_auc_process  within_auc with "right" = every step true (the process, not the answer).
+    cmd_verify adds slip_auc where the task makes slip pairs (a step vs with its result changed)."""
     out = {}
     for name in per_problem[0]["scores"] if per_problem else []:
         within, within_proc, pooled, steps = [], [], ([], []), ([], [])
@@ -1323,7 +1406,8 @@ def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
                     steps[0].extend(sc[:len(t)])
                     steps[1].extend(float(x) for x in t[:len(sc)])
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-        out[name] = {"within_auc": mean(within), "problems_with_both": len(within), "pooled_auc": auc(*pooled)}
+        out[name] = {"within_auc": mean(within), "problems_with_both": len(within),
+                     "pooled_auc": auc(*pooled)}
         if steps[0]:
             out[name].update(step_auc=auc(*steps), within_auc_process=mean(within_proc))
     return out
@@ -1337,8 +1421,8 @@ def split_rm(spec: str) -> tuple[str, str]:
 
 def sampling_key(args) -> dict:
     """What the cached solutions depend on: reuse them only when all of it is unchanged."""
-    return {k: getattr(args, k) for k in ("task", "split", "limit", "model", "num_samples", "temperature",
-                                          "max_new_tokens", "seed")}
+    return {k: getattr(args, k) for k in ("task", "split", "limit", "model", "num_samples",
+                                          "temperature", "max_new_tokens", "seed")}
 
 
 def file_digest(path) -> str:
@@ -1346,9 +1430,9 @@ def file_digest(path) -> str:
 
 
 def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tuple[list, dict]:
-    """The solutions verify ranks, as (problems, steps of each problem's solutions): read from --solutions, reused from
-    an earlier run with the same sampling settings, or sampled by the generator (seeds from ids: the same samples on
-    a rerun)."""
+    """The solutions verify ranks, as (problems, steps of each problem's solutions): read from
+    --solutions, reused from an earlier run with the same sampling settings, or sampled by the
+    generator (seeds from ids: the same samples on a rerun)."""
     sol_file = out / "solutions.jsonl"
     if args.solutions:  # someone else's samples: records with problem_id (or question) and steps
         by_q = {p.question.strip(): p for p in problems}
@@ -1360,8 +1444,8 @@ def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tu
                 sols.setdefault(p.id, []).append(_steps(rec, "steps", f"{args.solutions}:{n}"))
         problems = [p for p in problems if p.id in sols]
         if not problems:
-            raise InputError(f"{args.solutions}: no record's problem_id or question is one of the first {args.limit} "
-                             f"{args.task} {args.split} problems")
+            raise InputError(f"{args.solutions}: no record's problem_id or question is one of the "
+                             f"first {args.limit} {args.task} {args.split} problems")
         sol_steps = {p.id: sols[p.id][:args.num_samples] for p in problems}
         out.mkdir(parents=True, exist_ok=True)
     elif sol_file.exists() and (out / "config.json").exists() and \
@@ -1378,26 +1462,31 @@ def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tu
         sol_steps, lines = {}, []
         for p in progress(problems, desc="sample", unit="problem"):
             prompt = tok.encode(data.format_prompt(p.question))
-            outs = sampler.generate([prompt] * args.num_samples, sampler.room([prompt], args.max_new_tokens)[0],
-                                    temperature=args.temperature,
-                                    seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
-            sol_steps[p.id] = [data.split_steps(data.from_model_tag(tok.decode(o.tokens), args.tag)) for o in outs]
-            lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n" for j, s in enumerate(sol_steps[p.id])]
+            outs = sampler.generate(
+                [prompt] * args.num_samples, sampler.room([prompt], args.max_new_tokens)[0],
+                temperature=args.temperature,
+                seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
+            sol_steps[p.id] = [data.split_steps(data.from_model_tag(tok.decode(o.tokens), args.tag))
+                               for o in outs]
+            lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n"
+                      for j, s in enumerate(sol_steps[p.id])]
         atomic_write(sol_file, "".join(lines))
         atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")
         del gen, sampler
     return problems, sol_steps
 
 
-def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list, out: Path, dtype, device):
-    """(scores, slips): every solution's step scores by every reward model (scored once, cached beside the
-    solutions), and each model's last-step score of the slip pairs (right, slipped)."""
+def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list, out: Path,
+                  dtype, device):
+    """(scores, slips): every solution's step scores by every reward model (scored once, cached
+    beside the solutions), and each model's last-step score of the slip pairs (right, slipped)."""
     scores, slips = {}, {}
     sol_file = out / "solutions.jsonl"
     for name, path in rms:
         cache = out / f"scores.{name}.json"
         key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path,
-               "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format, "slips": len(pairs)}
+               "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format,
+               "slips": len(pairs)}
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
             scores[name], slips[name] = (json.loads(cache.read_text())[k] for k in ("scores", "slips"))
             continue
@@ -1408,13 +1497,15 @@ def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list,
         texts = [rm_text(question[pid], s, args.rm_format) for pid, s in flat]
         got = score_solutions(rm, tok, head, texts, args.batch_size)
         if not all(math.isfinite(x) for sc in got for x in sc):
-            raise InputError(f"{path}: the reward model's scores are not finite (NaN or inf in its weights?)")
+            raise InputError(f"{path}: the reward model's scores are not finite "
+                             f"(NaN or inf in its weights?)")
         per = {}
         for (pid, _), sc in zip(flat, got):
             per.setdefault(pid, []).append(sc)
         scores[name] = per
-        ends = [sc[-1] for sc in score_solutions(rm, tok, head, [rm_text(q, st, args.rm_format) for q, a, b in pairs
-                                                                 for st in (a, b)], args.batch_size)]
+        ends = [sc[-1] for sc in score_solutions(
+            rm, tok, head, [rm_text(q, st, args.rm_format) for q, a, b in pairs for st in (a, b)],
+            args.batch_size)]
         slips[name] = [ends[0::2], ends[1::2]]  # the score of the last step: right, slipped
         atomic_write(cache, json.dumps({"key": key, "scores": per, "slips": slips[name]}) + "\n")
         del rm
@@ -1429,7 +1520,8 @@ def plot_curve(curve: dict, ns: list[int], methods: list[str], path: Path):
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m in methods:
-            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m, ls="--" if m == "blind" else "-")
+            ax.plot(ns, [curve[n][m]["mean"] for n in ns], marker="o", label=m,
+                    ls="--" if m == "blind" else "-")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N (solutions per problem)")
         ax.set_ylabel("accuracy")
@@ -1441,8 +1533,8 @@ def plot_curve(curve: dict, ns: list[int], methods: list[str], path: Path):
 
 
 def graded(task, problem, solutions: list[list[str]], scores: dict) -> dict:
-    """One problem's solutions as best-of-N reads them: each one's answer and text, which answers are right, the
-    reward models' step scores, and (where the task knows it) each step's truth."""
+    """One problem's solutions as best-of-N reads them: each one's answer and text, which answers
+    are right, the reward models' step scores, and (where the task knows it) each step's truth."""
     texts = [data.join_steps(s) for s in solutions]
     answers = [task.extract_answer(t) if s else None for t, s in zip(texts, solutions)]
     correct = {a: task.grade(t, problem.answer) for a, t in zip(answers, texts) if a is not None}
@@ -1462,37 +1554,40 @@ def cmd_verify(args) -> int:
     rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
           [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
     for name, path in rms:  # every reward model is checked before anything is written
-        prm_head(load_model(path, f"--{name[:3].lower()} {name}", check_only=True)[1], args.tag, args.good, args.bad)
+        prm_head(load_model(path, f"--{name[:3].lower()} {name}", check_only=True)[1],
+                 args.tag, args.good, args.bad)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out exists and is not a folder")
     problems, sol_steps = verify_solutions(args, task, problems, out, dtype, device)
-    # where the task can make them: reference steps vs the same with an arithmetic slip (a check of step checking)
+    # where the task can make them: reference steps vs the same with an arithmetic slip
     pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
     scores, slips = verify_scores(args, rms, problems, sol_steps, pairs, out, dtype, device)
-    per_problem = [graded(task, p, sol_steps[p.id], {k: v[p.id] for k, v in scores.items()}) for p in problems]
+    per_problem = [graded(task, p, sol_steps[p.id], {k: v[p.id] for k, v in scores.items()})
+                   for p in problems]
     S = min(len(p["answers"]) for p in per_problem)
     ns = [n for n in (2 ** k for k in range(20)) if n <= S]
     curve = best_of_n_curve(per_problem, ns, args.subsets, args.seed)
     methods = list(curve[ns[0]])
     print(f"\nbest-of-N accuracy on {len(problems)} {args.task} {args.split} problems "
-          f"(mean over {args.subsets} random subsets per N; ± std; blind: a verifier that cannot tell right from "
-          f"wrong within a problem)")
+          f"(mean over {args.subsets} random subsets per N; ± std; blind: a verifier that "
+          f"cannot tell right from wrong within a problem)")
     print(f"{'N':>4} " + " ".join(f"{m:>16}" for m in methods))
     for n in ns:
-        print(f"{n:>4} " + " ".join(f"{curve[n][m]['mean']:>9.3f} ±{curve[n][m]['std']:.3f}" for m in methods))
+        print(f"{n:>4} " + " ".join(f"{curve[n][m]['mean']:>9.3f} ±{curve[n][m]['std']:.3f}"
+                                    for m in methods))
     diag = verifier_diagnostics(per_problem)
     for name, (right, slipped) in slips.items():
         if right:
             diag[name]["slip_auc"] = auc(right + slipped, [1.0] * len(right) + [0.0] * len(slipped))
     if diag:
-        print("\nverifier diagnostics (AUC: 0.5 = blind; within: right vs wrong solutions of the same problem; slip: a "
-              "reference step vs the same with its result off by a little)")
+        print("\nverifier diagnostics (AUC: 0.5 = blind; within: right vs wrong solutions of the "
+              "same problem; slip: a reference step vs the same with its result off by a little)")
         cols = ["within_auc", "pooled_auc", "step_auc", "within_auc_process", "slip_auc"]
         print(f"{'':>12} " + " ".join(f"{c:>18}" for c in cols))
         for name, d in diag.items():
             print(f"{name:>12} " + " ".join(f"{d.get(c, float('nan')):>18.3f}" for c in cols))
-    atomic_write(out / "results.json", json.dumps({"problems": len(problems), "curve": curve, "diagnostics": diag},
-                                                  indent=1) + "\n")
+    atomic_write(out / "results.json", json.dumps(
+        {"problems": len(problems), "curve": curve, "diagnostics": diag}, indent=1) + "\n")
     atomic_write(out / "results.csv", "N,method,mean,std\n" + "".join(
         f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n" for n in ns for m in methods))
     plot_curve(curve, ns, methods, out / "results.png")
@@ -1500,17 +1595,18 @@ def cmd_verify(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The command line
 
 
 def in_range(kind, lo, hi=math.inf, lo_open=False):
-    """An argparse type: a finite kind(text) in [lo, hi] ((lo, hi] with lo_open); anything else is a usage error."""
+    """An argparse type: finite kind(text) in [lo, hi] ((lo, hi] if lo_open), else a usage error."""
     def parse(text):
         x = kind(text)
         if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
             raise argparse.ArgumentTypeError(f"expected {'>' if lo_open else '>='} {lo}"
-                                             + (f" and <= {hi}" if hi < math.inf else "") + f", not {text}")
+                                             + (f" and <= {hi}" if hi < math.inf else "")
+                                             + f", not {text}")
         return x
     parse.__name__ = kind.__name__  # argparse names the type in its message
     return parse
@@ -1521,98 +1617,134 @@ FRACTION, NONNEG = in_range(float, 0, 1), in_range(float, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)  # every command's
-    common.add_argument("--tag", default=data.STEP_TAG, help="step tag, as written after a space; one token or "
-                        "several (then read at its last token)")
-    common.add_argument("--seed", type=int, default=0, help="every seed derives from this (and a record's id)")
-    common.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (None: cuda if available)")
+    common.add_argument("--tag", default=data.STEP_TAG, help="step tag, as written after a space; "
+                        "one token or several (then read at its last token)")
+    common.add_argument("--seed", type=int, default=0,
+                        help="every seed derives from this (and a record's id)")
+    common.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda or cuda:N (None: cuda if available)")
     signs = argparse.ArgumentParser(add_help=False)  # the PRM's two label tokens (train, verify)
-    signs.add_argument("--good", default="+", help="token meaning 'this step can still reach the answer' "
-                       "(' +' if one token, else '+')")
-    signs.add_argument("--bad", default="-", help="token meaning 'it cannot' (' -' if one token, else '-')")
-    dtype = argparse.ArgumentParser(add_help=False)  # models that only generate and score (label, verify)
+    signs.add_argument("--good", default="+", help="token meaning 'this step can still reach the "
+                       "answer' (' +' if one token, else '+')")
+    signs.add_argument("--bad", default="-",
+                       help="token meaning 'it cannot' (' -' if one token, else '-')")
+    dtype = argparse.ArgumentParser(add_help=False)  # label, verify: generate and score only
     dtype.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype")
 
-    t = sub.add_parser("train", help="train a policy (sft), a process reward model (prm) or an outcome reward model (orm)",
+    t = sub.add_parser("train", help="train a policy (sft), a process reward model (prm) or an "
+                       "outcome reward model (orm)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, signs])
     t.add_argument("--objective", choices=["sft", "prm", "orm"], default="sft",
-                   help="sft: next-token loss on responses; prm: BCE at every step tag (Eq. 2); orm: BCE at the last tag (Eq. 1)")
-    t.add_argument("--model", default="scratch", help="checkpoint folder or hub repo id to start from, or 'scratch'")
-    t.add_argument("--scratch-size", choices=list(SCRATCH_SIZES), default="tiny", help="model size with --model scratch")
-    t.add_argument("--task", default="synthetic", choices=list(data.TASKS), help="task (SFT records; tokenizer for scratch)")
-    t.add_argument("--data", help="JSONL: sft {prompt, response}; prm/orm: label records, Math-Shepherd or stepwise")
-    t.add_argument("--labels", choices=["hard", "soft"], default="hard", help="which labels of label records to fit")
+                   help="sft: next-token loss on responses; prm: BCE at every step tag (Eq. 2); "
+                        "orm: BCE at the last tag (Eq. 1)")
+    t.add_argument("--model", default="scratch",
+                   help="checkpoint folder or hub repo id to start from, or 'scratch'")
+    t.add_argument("--scratch-size", choices=list(SCRATCH_SIZES), default="tiny",
+                   help="model size with --model scratch")
+    t.add_argument("--task", default="synthetic", choices=list(data.TASKS),
+                   help="task (SFT records; tokenizer for scratch)")
+    t.add_argument("--data", help="JSONL: sft {prompt, response}; prm/orm: label records, "
+                   "Math-Shepherd or stepwise")
+    t.add_argument("--labels", choices=["hard", "soft"], default="hard",
+                   help="which labels of label records to fit")
     t.add_argument("--num-examples", type=POSITIVE, default=None, help="cap on the task's SFT records")
-    t.add_argument("--out", required=True, help="output checkpoint folder (Hugging Face layout); resumed if it has a trainer state")
+    t.add_argument("--out", required=True, help="output checkpoint folder (Hugging Face layout); "
+                   "resumed if it has a trainer state")
     t.add_argument("--restart", action="store_true", help="ignore an existing trainer state in --out")
     t.add_argument("--steps", type=POSITIVE, default=1000)
-    t.add_argument("--batch-size", type=POSITIVE, default=32, help="global batch (examples per optimizer step)")
+    t.add_argument("--batch-size", type=POSITIVE, default=32,
+                   help="global batch (examples per optimizer step)")
     t.add_argument("--grad-accum", type=POSITIVE, default=1)
-    t.add_argument("--pack", action="store_true", help="pack several examples into each row (less padding)")
+    t.add_argument("--pack", action="store_true",
+                   help="pack several examples into each row (less padding)")
     t.add_argument("--eval-batch-size", type=POSITIVE, default=64)
     t.add_argument("--lr", type=RATE, default=1e-3)
     t.add_argument("--min-lr-ratio", type=FRACTION, default=0.1, help="cosine schedule ends at lr x this")
     t.add_argument("--warmup", type=COUNT, default=50)
     t.add_argument("--weight-decay", type=NONNEG, default=0.1)
     t.add_argument("--clip", type=RATE, default=1.0, help="gradient-norm clipping")
-    t.add_argument("--heldout", type=FRACTION, default=0.05, help="fraction of examples held out (by a hash of their id)")
+    t.add_argument("--heldout", type=FRACTION, default=0.05,
+                   help="fraction of examples held out (by a hash of their id)")
     t.add_argument("--eval-every", type=POSITIVE, default=200)
     t.add_argument("--save-every", type=POSITIVE, default=500)
     t.add_argument("--max-len", type=POSITIVE, default=256, help="context length of a scratch model")
-    t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the input embeddings "
-                   "(PRM training then moves the +/- output rows without moving the + and - operators' embeddings)")
-    t.add_argument("--add-tag-token", action="store_true", help="if the tag is several tokens, add it to the "
-                   "tokenizer as one new token (embedding row initialised to the mean, saved with the checkpoint)")
-    t.add_argument("--eval-problems", type=COUNT, default=200, help="sft: greedy accuracy on this many test problems at the end")
+    t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the "
+                   "input embeddings (PRM training then moves the +/- output rows without moving "
+                   "the + and - operators' embeddings)")
+    t.add_argument("--add-tag-token", action="store_true", help="if the tag is several tokens, "
+                   "add it to the tokenizer as one new token (embedding row initialised to the "
+                   "mean, saved with the checkpoint)")
+    t.add_argument("--eval-problems", type=COUNT, default=200,
+                   help="sft: greedy accuracy on this many test problems at the end")
     t.set_defaults(func=cmd_train)
 
-    lab = sub.add_parser("label", help="automatic process annotation by Monte-Carlo completions (Math-Shepherd §3.3)",
+    lab = sub.add_parser("label", help="automatic process annotation by Monte-Carlo completions "
+                         "(Math-Shepherd §3.3)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, dtype],
-                         description="For each problem, sample solutions; from the prefix ending at every step sample N "
-                                     "completions; grade them; label the step hard (Eq. 3: any right) and soft (Eq. 4: "
-                                     "fraction right). Resumable: rerun the same command to continue.")
+                         description="For each problem, sample solutions; from the prefix ending "
+                                     "at every step sample N completions; grade them; label the "
+                                     "step hard (Eq. 3: any right) and soft (Eq. 4: fraction "
+                                     "right). Resumable: rerun the same command to continue.")
     lab.add_argument("--task", default="synthetic", choices=list(data.TASKS))
     lab.add_argument("--split", default="train", help="which problems of the task to label")
     lab.add_argument("--limit", type=POSITIVE, default=50, help="label the first LIMIT problems")
-    lab.add_argument("--model", default=None, help="generator of the solutions (default: the synthetic world's tiny policy)")
+    lab.add_argument("--model", default=None, help="generator of the solutions "
+                     "(default: the synthetic world's tiny policy)")
     lab.add_argument("--completer", default=None, help="model for the rollouts (default: the generator)")
-    lab.add_argument("--solutions", default=None, help="label these solutions instead of sampling (Math-Shepherd or stepwise jsonl)")
+    lab.add_argument("--solutions", default=None, help="label these solutions instead of "
+                     "sampling (Math-Shepherd or stepwise jsonl)")
     lab.add_argument("--num-solutions", type=POSITIVE, default=4, help="solutions sampled per problem")
-    lab.add_argument("--num-completions", type=POSITIVE, default=8, help="N, completions per step (the paper: 8)")
+    lab.add_argument("--num-completions", type=POSITIVE, default=8,
+                     help="N, completions per step (the paper: 8)")
     lab.add_argument("--temperature", type=NONNEG, default=0.7)
     lab.add_argument("--top-p", type=in_range(float, 0, 1, lo_open=True), default=1.0)
-    lab.add_argument("--max-new-tokens", type=POSITIVE, default=128, help="per solution and per completion")
+    lab.add_argument("--max-new-tokens", type=POSITIVE, default=128,
+                     help="per solution and per completion")
     lab.add_argument("--batch-size", type=POSITIVE, default=64, help="rows per sampler batch")
-    lab.add_argument("--group", type=POSITIVE, default=8, help="problems (or input records) sampled and labeled in "
-                     "shared batches: the unit of work that a resume redoes, and that torchrun ranks share out")
-    lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and the quality report go beside it")
-    lab.add_argument("--format", nargs="+", default=["records"], choices=["records", "math-shepherd", "stepwise"],
+    lab.add_argument("--group", type=POSITIVE, default=8, help="problems (or input records) "
+                     "sampled and labeled in shared batches: the unit of work that a resume "
+                     "redoes, and that torchrun ranks share out")
+    lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and "
+                     "the quality report go beside it")
+    lab.add_argument("--format", nargs="+", default=["records"],
+                     choices=["records", "math-shepherd", "stepwise"],
                      help="extra exports written beside --out")
     lab.add_argument("--export-labels", choices=["hard", "soft", "soft-threshold"], default="hard",
-                     help="labels in the stepwise export (soft: floats, which TRL's int(label) reads as 0 below 1; "
-                          "soft-threshold: soft >= 0.5 as booleans)")
+                     help="labels in the stepwise export (soft: floats, which TRL's int(label) "
+                          "reads as 0 below 1; soft-threshold: soft >= 0.5 as booleans)")
     lab.add_argument("--show", type=COUNT, default=0, metavar="K", help="print K worked examples")
-    lab.add_argument("--skip-bad", action="store_true", help="count and skip bad input records instead of stopping")
+    lab.add_argument("--skip-bad", action="store_true",
+                     help="count and skip bad input records instead of stopping")
     lab.add_argument("--restart", action="store_true", help="start --out afresh instead of resuming it")
     lab.set_defaults(func=cmd_label)
-    v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, weighted voting",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, signs, dtype],
-                       description="Sample S solutions per problem (or read them), score each once with every reward "
-                                   "model, and report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM.")
+
+    v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, "
+                       "weighted voting",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       parents=[common, signs, dtype],
+                       description="Sample S solutions per problem (or read them), score each "
+                                   "once with every reward model, and report accuracy vs N for "
+                                   "SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM.")
     v.add_argument("--task", default="synthetic", choices=list(data.TASKS))
     v.add_argument("--split", default="test")
     v.add_argument("--limit", type=POSITIVE, default=100, help="first LIMIT problems of the split")
     v.add_argument("--model", default=None, help="generator (default: the synthetic world's tiny policy)")
-    v.add_argument("--solutions", default=None, help="JSONL of solutions (problem_id or question, steps) instead of sampling")
+    v.add_argument("--solutions", default=None, help="JSONL of solutions (problem_id or "
+                   "question, steps) instead of sampling")
     v.add_argument("--num-samples", type=POSITIVE, default=64, help="S, solutions per problem")
     v.add_argument("--temperature", type=NONNEG, default=0.7)
     v.add_argument("--max-new-tokens", type=POSITIVE, default=192)
-    v.add_argument("--prm", action="append", metavar="[NAME=]PATH", help="a process reward model (repeatable)")
-    v.add_argument("--orm", action="append", metavar="[NAME=]PATH", help="an outcome reward model (repeatable)")
+    v.add_argument("--prm", action="append", metavar="[NAME=]PATH",
+                   help="a process reward model (repeatable)")
+    v.add_argument("--orm", action="append", metavar="[NAME=]PATH",
+                   help="an outcome reward model (repeatable)")
     v.add_argument("--rm-format", choices=["shepherd", "math-shepherd"], default="shepherd",
-                   help="input layout the reward models were trained on (math-shepherd: the released PRM's)")
+                   help="input layout the reward models were trained on "
+                        "(math-shepherd: the released PRM's)")
     v.add_argument("--subsets", type=POSITIVE, default=100, help="random subsets per N")
     v.add_argument("--batch-size", type=POSITIVE, default=64)
     v.add_argument("--out", default="runs/verify")
@@ -1620,13 +1752,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-               errno.EISDIR}
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+               errno.ENOTDIR, errno.EISDIR}
 
 
 def run_cli(command, argv, on_interrupt: str) -> int:
-    """Every command's one error path: a user's mistake is one line and exit 2, Ctrl-C one line and exit 130;
-    anything else is a bug in Shepherd and keeps its traceback."""
+    """Every command's one error path: a user's mistake is one line and exit 2, Ctrl-C one line
+    and exit 130; anything else is a bug in Shepherd and keeps its traceback."""
     try:
         return command(argv)
     except InputError as e:
@@ -1643,8 +1775,8 @@ def run_cli(command, argv, on_interrupt: str) -> int:
 
 
 def run(command: str, **settings):
-    """A command called from Python (ppo.py builds its reward model so): keyword settings, checked exactly as on the
-    command line; a bad one raises InputError (or argparse's exit 2) to the caller."""
+    """A command called from Python (ppo.py builds its reward model so): keyword settings, checked
+    exactly as on the command line; a bad one raises InputError (or argparse's exit 2)."""
     argv = [command]
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
