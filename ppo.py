@@ -483,11 +483,11 @@ class Timer(dict):  # seconds per phase of an iteration: with timer("generate"):
 
 
 @torch.no_grad()
-def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, tok: Tokenizer,
-            head: PRMHead, task, timer) -> list[dict]:
+def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, timer) -> list[dict]:
     """This rank's problems -> one response each, with per-token old/ref log-probs, values and
     reward-model score. Row seeds derive from (seed, iteration, problem id): the same rollouts on
     any number of ranks, and on resume."""
+    tok, head, task = M.tok, M.head, M.task
     prompts = [tok.encode(data.format_prompt(p.question)) for p in problems]
     decode = lambda ids: response_text(tok, head, ids)  # noqa: E731
     with timer("generate"), full_params(M.policy, cfg), M.amp:  # sampled in pi_old's precision
@@ -640,12 +640,11 @@ def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
 
 
 @torch.no_grad()
-def greedy_accuracy(cfg: Config, M, sampler: Sampler, tok: Tokenizer, task, problems: list,
-                    d: Dist) -> float:
+def greedy_accuracy(cfg: Config, M, sampler: Sampler, problems: list, d: Dist) -> float:
     """shepherd.evaluate_policy's greedy accuracy: problems split over ranks, counts summed."""
     mine = problems[d.rank::d.world]
     with full_params(M.policy, cfg):
-        res = shepherd.evaluate_policy(M.policy, tok, task, mine, cfg.max_new_tokens,
+        res = shepherd.evaluate_policy(M.policy, M.tok, M.task, mine, cfg.max_new_tokens,
                                        sampler=sampler, tag=cfg.tag)
     right = torch.tensor(res["accuracy"] * len(mine))
     if d.world > 1:
@@ -727,6 +726,9 @@ class Models:
     critic_step: nn.Module
     opt_policy: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
+    task: object = None  # data.get_task(cfg.task): prompts and grader
+    tok: Tokenizer | None = None  # the policy's tokenizer
+    head: PRMHead | None = None  # the tag and +/- in the policy's tokens
     rm_head: PRMHead | None = None  # the RM's tag and +/- in its own tokens (reward_model_head)
     no_sync: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # sync_gradients
 
@@ -742,7 +744,7 @@ def precision(cfg: Config, device: str):
 
 
 def setup(cfg: Config, d: Dist):
-    """-> (task, tokenizer, PRM head, Models, the iteration to start at: > 0 when resuming)."""
+    """-> (Models, the iteration to start at: > 0 when resuming a checkpoint)."""
     task = data.get_task(cfg.task)
     if cfg.reward == "truth" and not hasattr(task, "step_truth"):
         raise InputError(f"--reward truth needs a task that knows each step's truth (synthetic); "
@@ -793,7 +795,7 @@ def setup(cfg: Config, d: Dist):
     assert pad_id not in (tok.eos_id, *head.tag)
     ddp = d.world > 1 and not cfg.fsdp
     M = Models(device=d.device, amp=amp, pad_id=pad_id, tok_dir=policy_dir, policy=policy,
-               critic=critic, ref=ref, rm=rm, rm_head=rm_head,
+               critic=critic, ref=ref, rm=rm, task=task, tok=tok, head=head, rm_head=rm_head,
                policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
                critic_step=nn.parallel.DistributedDataParallel(critic) if ddp else critic,
                opt_policy=shepherd.adamw(policy, cfg.lr, cfg.weight_decay),
@@ -805,7 +807,7 @@ def setup(cfg: Config, d: Dist):
         optim_state(policy, M.opt_policy, cfg, st["opt_policy"])
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
-    return task, tok, head, M, start
+    return M, start
 
 
 def summarize(rows: list[dict], g: dict) -> dict:
@@ -848,7 +850,8 @@ def run(argv=None) -> int:
                          or any(out.iterdir()) and not any((out / n).exists() for n in OUTPUTS)):
         raise InputError(f"{out}: --out exists and is not a ppo.py output; choose another --out")
     torch.manual_seed(cfg.seed)  # nothing below draws from it; set for any future code that does
-    task, tok, head, M, start = setup(cfg, d)
+    M, start = setup(cfg, d)
+    task = M.task
     resume = start > 0
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
@@ -863,7 +866,7 @@ def run(argv=None) -> int:
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
     if not resume and cfg.eval_problems:
-        acc = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
+        acc = greedy_accuracy(cfg, M, sampler, val, d)
         if d.main:
             print(f"iteration 0: held-out greedy accuracy {acc:.3f} "
                   f"({len(val)} {heldout} problems)", flush=True)
@@ -877,7 +880,7 @@ def run(argv=None) -> int:
         per = cfg.batch_size // d.world
         mine = [train[i] for i in idx[d.rank * per:(d.rank + 1) * per]]
         try:
-            rows = gather_rows(rollout(cfg, it, mine, M, sampler, tok, head, task, timer), d)
+            rows = gather_rows(rollout(cfg, it, mine, M, sampler, timer), d)
             with timer("update"):
                 g = build_batch(cfg, rows, M)
                 stats = update(cfg, it, g, M, d)
@@ -889,7 +892,7 @@ def run(argv=None) -> int:
         stats = {"iteration": it + 1, **summarize(rows, g), **stats,
                  **{f"time/{k}": v for k, v in timer.items()}}
         if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
-            stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, tok, task, val, d)
+            stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, val, d)
         if d.main:
             log.write(json.dumps(stats) + "\n")
             log.flush()
@@ -902,7 +905,7 @@ def run(argv=None) -> int:
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save_checkpoint(cfg, it + 1, M, d)
     test = task.load("test")[:cfg.test_problems] if cfg.test_problems else []
-    acc = greedy_accuracy(cfg, M, sampler, tok, task, test, d) if test else float("nan")
+    acc = greedy_accuracy(cfg, M, sampler, test, d) if test else float("nan")
     if d.main:
         res = {"test_greedy_accuracy": acc, "problems": len(test), "reward": cfg.reward,
                "iterations": cfg.iterations}

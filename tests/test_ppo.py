@@ -464,9 +464,9 @@ def test_rollout_penalises_exactly_the_responses_without_an_answer(world, tmp_pa
     for penalty in ("0", "-1"):
         cfg = ppo.parse_args(args(world, tmp_path / penalty, "--reward", reward, "--temperature", "0.7",
                                   "--max-new-tokens", "24", "--no-answer-penalty", penalty))
-        task, tok, head, M, _ = ppo.setup(cfg, shepherd.Dist())
-        problems = task.load("train")[:12]  # the tiny vocabulary cannot spell "The answer is": none has an answer
-        got[penalty] = ppo.rollout(cfg, 0, problems, M, Sampler(M.policy, max_batch=16), tok, head, task, ppo.Timer())
+        M, _ = ppo.setup(cfg, shepherd.Dist())
+        problems = M.task.load("train")[:12]  # the tiny vocabulary cannot spell "The answer is": none has an answer
+        got[penalty] = ppo.rollout(cfg, 0, problems, M, Sampler(M.policy, max_batch=16), ppo.Timer())
     for a, b in zip(got["0"], got["-1"]):
         assert a["response"] == b["response"] and a["answered"] == b["answered"]
         diff = [y - x for x, y in zip(a["score"], b["score"])]
@@ -499,9 +499,9 @@ def test_under_autocast_the_reference_computes_exactly_as_the_policy(world, tmp_
     bf16 copy of the weights, the old setup, gives a spurious KL); the sampler samples from exactly pi_old."""
     monkeypatch.setattr(ppo, "precision", lambda cfg, device: (torch.bfloat16, torch.autocast("cpu", dtype=torch.bfloat16)))
     cfg = ppo.parse_args(args(world, tmp_path / "amp", "--temperature", "0.7"))
-    task, tok, head, M, _ = ppo.setup(cfg, shepherd.Dist())
+    M, _ = ppo.setup(cfg, shepherd.Dist())
     assert next(M.ref.parameters()).dtype == next(M.policy.parameters()).dtype == torch.float32
-    rows = ppo.rollout(cfg, 0, task.load("train")[:8], M, Sampler(M.policy, max_batch=16), tok, head, task, ppo.Timer())
+    rows = ppo.rollout(cfg, 0, M.task.load("train")[:8], M, Sampler(M.policy, max_batch=16), ppo.Timer())
     assert all(r["old_lp"] == r["ref_lp"] for r in rows)
     # and the sampler runs under the same autocast: its log-probs are pi_old's (fp32 sampling is 1e-3 off)
     assert max(abs(a - b) for r in rows for a, b in zip(r["sampler_lp"], r["old_lp"])) < 1e-5
