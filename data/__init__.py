@@ -52,30 +52,26 @@ def join_steps(steps: list[str]) -> str:
 
 
 def split_steps(solution: str) -> list[str]:
-    """Solution text -> its steps, without tags. The one splitter everyone uses.
-
-    Tolerates the variants in real Math-Shepherd data: a tag without a space before it ('is: 40ки'),
-    'Step k:' prefixes, and trailing text after the last tag (an unfinished step, kept as a step)."""
+    """Solution text -> its steps, without tags; the one splitter everyone uses. Tolerates real Math-Shepherd
+    variants: a tag with no space before it ('is: 40ки'), 'Step k:' prefixes, text after the last tag."""
     parts = solution.split(STEP_TAG)
     steps = [re.sub(r"^\s*Step \d+:\s*", "", p).strip() for p in parts]
     return [s for s in steps if s]
 
 
 def to_model_tag(text: str, tag: str) -> str:
-    """Files and graders speak Math-Shepherd's tag: a step ends with ' ки' (join_steps). A model trained with another
-    tag (--tag) reads and writes its own: this writes every step end's ' ки' as ' ' + tag, before encoding."""
+    """Files and graders speak ' ки' (join_steps); a model trained with another tag (--tag) speaks its own:
+    every step end's ' ки' becomes ' ' + tag, before encoding."""
     return text if tag == STEP_TAG else re.sub(f" {STEP_TAG}(?=\n|$)", lambda m: " " + tag, text)
 
 
 def from_model_tag(text: str, tag: str) -> str:
-    """A model's text, after decoding, in Math-Shepherd's format: every `tag` (each one ends a step, as
-    model.tag_positions reads them) becomes ки."""
+    """Decoded model text -> Math-Shepherd's format: each `tag` (a step end, per model.tag_positions) becomes ки."""
     return text if tag == STEP_TAG else text.replace(tag, STEP_TAG)
 
 
 def answer_from_text(text: str) -> str | None:
     """The text after the LAST 'The answer is:' up to the next step tag (or the end), or None.
-
     Plain string search, linear in the text: a grader must stay fast on any model output."""
     i = text.rfind(ANSWER_PREFIX)
     if i < 0:

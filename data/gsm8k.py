@@ -1,17 +1,15 @@
 """GSM8K (Cobbe et al., 2021): grade-school word problems whose final answers are numbers.
 
-The official files are JSONL with fields `question` and `answer`; the answer is a worked solution with
-calculator annotations like `<<16-3-4=9>>` and a last line `#### X` (X sometimes has thousands commas).
+The official files are JSONL with fields `question` and `answer`: a worked solution with calculator
+annotations like `<<16-3-4=9>>` and a last line `#### X` (X sometimes has thousands commas).
 
     load(split)                 -> list[Problem]    split in {"train", "test"}
     extract_answer(text)        -> canonical number string ("1080", "-3", "0.5", "3/4") or None
     grade(completion, gold)     -> bool             numeric comparison, never raises
 
-extract_answer returns a canonical string so that callers (e.g. self-consistency voting) can compare
-answers with == : "18", "18.0", "$18" and "18." all become "18".
-
-Model outputs are adversarial, so extraction is linear in the text (whitespace runs are collapsed before
-the number pattern sees them; see _collapse_spaces) and texts over _MAX_TEXT characters have no answer.
+The canonical string lets callers (e.g. self-consistency voting) compare answers with ==: "18", "18.0",
+"$18" and "18." all become "18". Model outputs are adversarial, so extraction is linear in the text
+(_collapse_spaces) and texts over _MAX_TEXT characters have no answer.
 """
 from __future__ import annotations
 
@@ -27,11 +25,10 @@ HF_REPO = "openai/gsm8k"  # the Hugging Face mirror stores parquet files, main/{
 _MAX_DIGITS = 100  # longer digit runs are not answers; also keeps int() clear of Python's 4300-digit limit
 _MAX_TEXT = 200_000  # longer texts are no solution (solutions run to a few thousand); bounds the time
 
-# A number as people write it: optional sign, optional $, digits with optional thousands commas, optional
-# decimals (or a bare ".5"), optionally "/denominator". The sign must not follow a word character, so the
-# dash in "5-3" or "pages 10-15" is not read as a minus. On raw text a match attempt starts at every
-# character of a whitespace run and \s* reads each to the run's end (quadratic), so the text's whitespace
-# runs are collapsed first (_collapse_spaces).
+# A number as people write it: optional sign and $, digits with optional thousands commas, decimals
+# (or a bare ".5"), optional "/denominator". The sign must not follow a word character, so the dash in "5-3"
+# or "pages 10-15" is no minus. Whitespace runs are collapsed first (_collapse_spaces): on raw text an
+# attempt starts at each character of a run and \s* reads to the run's end, which is quadratic.
 _NUMBER_RE = re.compile(
     r"(?:(?<![\w)\]])(?P<sign>[-−])\s*)?\$?\s*"
     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
@@ -41,7 +38,7 @@ _CALC_RE = re.compile(r"<<[^<>]*>>")  # calculator annotations: their content re
 _SPACE_RE = re.compile(r"\s+")
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # loading
 
 def _default_dir() -> Path | None:
@@ -96,7 +93,7 @@ def gold_from_solution(solution: str) -> str | None:
     return _first_number(solution[i + 4:]) if i >= 0 else None
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # answers
 
 def _canonical(value: Fraction) -> str:
@@ -129,10 +126,8 @@ def _to_fraction(sign: str, num: str, den: str) -> Fraction | None:
 def _collapse_spaces(text: str) -> str:
     """Whitespace runs become one space, so that _NUMBER_RE scans the text in linear time.
 
-    That changes no number: the pattern reads whitespace only through \\s*, which takes a run and a
-    single space alike, no group captures whitespace, and to the lookbehind both are the same non-word
-    character. And it makes the scan linear: an attempt that fails reads a few characters at most
-    ("- $ ."), and one that starts at a digit succeeds, reading little beyond its match."""
+    No number changes: whitespace is read only through \\s* and captured by no group, and the lookbehind
+    sees a non-word character either way. A failed attempt then reads a few characters at most ("- $ .")."""
     return _SPACE_RE.sub(" ", text)
 
 
@@ -154,9 +149,7 @@ def _last_number(text: str) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The final number of a solution: after 'The answer is:', else after '####', else the last number.
-
-    After an explicit marker we take the first number (units and words may follow it); a marker with no
-    number gives None rather than falling back to some earlier intermediate result."""
+    After a marker, its first number (units may follow); a marker with no number gives None, not an earlier result."""
     if not isinstance(text, str) or len(text) > _MAX_TEXT:
         return None
     text = _CALC_RE.sub("", text)

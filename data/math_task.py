@@ -6,21 +6,18 @@
     normalize(answer)           -> a canonical string (also a good key for self-consistency voting)
     grade(completion, gold)     -> bool
 
-Deciding that two LaTeX answers agree goes in three layers, cheapest first:
-  1. string rules in the spirit of the Hendrycks and PRM800K graders (\\dfrac -> \\frac, units, degrees,
-     \\left/\\right, "x =", thousands commas, \\frac12, ...), then equal strings;
+Equivalence is decided in three layers, cheapest first:
+  1. string rules after the Hendrycks and PRM800K graders (\\dfrac -> \\frac, units, degrees, \\left/\\right,
+     "x =", thousands commas, \\frac12, ...), then equal strings;
   2. structure: tuples, intervals (bracket types kept), sets, unions, matrices, lists, element by element;
      plain numbers (0.5, 1/2, \\frac{1}{2}, mixed 1\\frac{4}{5}) compared numerically;
-  3. if sympy is installed: a symbolic check on a small, whitelisted translation of the answer, run under
-     a hard time limit (SIGALRM; only possible in the main thread, so other threads skip this layer).
-Any input grades within about a second: extraction is linear (string search and single passes), texts
-over _MAX_TEXT characters have no answer, answers over _MAX_LEN characters are compared verbatim, and
-power towers never reach sympy.
+  3. with sympy installed: a symbolic check of a small, whitelisted translation, under a hard time limit
+     (SIGALRM: main thread only, other threads skip this layer).
+Any input grades within about a second: extraction is linear, texts over _MAX_TEXT characters have no
+answer, answers over _MAX_LEN characters are compared verbatim, and power towers never reach sympy.
 
-PRM800K's solutions (and the rows of TRL's prm800k data) end with a heading line and the answer:
-"...so the sum is 468.\\n\\n# Answer\\n\\n468". Such a section is read up to the next step tag or
-blank line. The project's own 'The answer is:' comes first, then '# Answer'; a \\boxed{} is the
-fallback, since the heading is where PRM800K puts the final answer while a box may sit in any step.
+PRM800K's solutions (and TRL's prm800k rows) end "...so the sum is 468.\\n\\n# Answer\\n\\n468"; that section
+is read up to the next step tag or blank line. A \\boxed{} comes last because a box may sit in any step.
 A marker with nothing after it gives None, not some earlier answer.
 """
 from __future__ import annotations
@@ -63,7 +60,7 @@ def load(split: str = "test", path: str | os.PathLike | None = None) -> list[Pro
     return problems
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # extraction
 
 def _close(s: str, i: int) -> int:
@@ -103,8 +100,7 @@ _BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
 
 
 def answer_section(text: str) -> str | None:
-    """The content of the last '# Answer' heading line (PRM800K), up to a step tag or a blank line; None
-    when there is no such heading."""
+    """The text after the last '# Answer' heading (PRM800K) up to a step tag or blank line, or None."""
     m = _ANSWER_SECTION_RE.match(text)
     if m is None:
         return None
@@ -126,7 +122,7 @@ def extract_answer(text: str) -> str | None:
     return answer or None
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # layer 1: string rules
 
 _DROP_RE = re.compile(
@@ -179,7 +175,7 @@ def normalize(answer: str) -> str:
     return s
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # layer 2: structure and numbers
 
 def _split_top(s: str, sep: str) -> list[str]:
@@ -269,7 +265,7 @@ def _equal(a: str, b: str, deadline: float) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # layer 3: sympy, guarded
 
 _FUNCS = ("sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "exp")
@@ -318,8 +314,7 @@ def _python_expr(s: str) -> str | None:
 
 def _small_powers(tokens: list[str]) -> bool:
     """Refuse huge numbers and towers of powers: Python's big-int power cannot be interrupted by a signal.
-
-    The weight of a power is its exponent times the weight of its base, so (9^30)^30 weighs 900."""
+    A power weighs its exponent times its base's weight, so (9^30)^30 weighs 900."""
     if any(t[0].isdigit() and len(t) > 15 for t in tokens):
         return False
     inside = [1]  # the heaviest power inside each open parenthesis
@@ -418,7 +413,7 @@ def _symbolic_equal(a: str, b: str, deadline: float) -> bool:
         return False
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 def is_equiv(pred: str, gold: str) -> bool:
     """Do two final answers (raw text, e.g. from extract_answer) mean the same thing?"""

@@ -1,8 +1,8 @@
 """The synthetic world: tiny arithmetic word problems whose every step has a known truth.
 
-Math-Shepherd labels steps by asking a completer "can you still reach the gold answer from here?".
-To audit that on a laptop we need a world where the honest answer to that question is computable.
-Here it is: each problem is a short story generated from a seed,
+Math-Shepherd labels a step by asking a completer "can you still reach the gold answer from here?";
+to audit that on a laptop, this world makes the honest answer computable. Each problem is a story
+generated from a seed,
 
     Tom has 3 boxes with 4 pencils in each. He gives 5 pencils to Ann.
     How many pencils does Tom have now?
@@ -16,15 +16,15 @@ solution writes one operation per step, in the shared Math-Shepherd format (data
     The answer is: 7 ки
 
 Problems take 2-6 operations (+, -, *, exact /) on small numbers; every value in a reference
-solution is a whole number >= 2.  Some sentences are distractors ("He also has 7 stamps.") and some
-questions reuse a value twice ("Ann has 3 more pencils than Tom has now. How many do they have
-together?").  The program flattens into a tree of sums and products, and `step_truth` decides for
-ANY written solution which steps are still on a path to the gold answer: the PRM800K labels, free.
+solution is a whole number >= 2. Some sentences are distractors ("He also has 7 stamps.") and some
+questions reuse a value ("Ann has 3 more pencils than Tom has now. How many do they have
+together?"). `step_truth` decides for ANY written solution which steps are still on a path to the
+gold answer: the PRM800K labels, free.
 
-Small numbers make the errors of an imperfect policy "lucky" now and then: 2 * 6 and 3 * 4 are both
-12, 2 + 2 = 2 * 2, a skipped "+4" and "-4" cancel, a slip the next step ignores.  Such solutions
-grade correct yet contain a false step: the false positives an outcome reward model cannot see and
-a process reward model should.  Splits are decided by a hash of the question, so never overlap.
+Small numbers make an imperfect policy "lucky" now and then (2 * 6 and 3 * 4 are both 12, a skipped
+"+4" and "-4" cancel, a slip the next step ignores): correct answers with a false step, which an
+outcome reward model cannot see and a process reward model should. Splits are decided by a hash of
+the question, so never overlap.
 """
 from __future__ import annotations
 
@@ -209,9 +209,7 @@ _MAX_DIGITS = 100  # longer numbers are none of this world's; keeps int(), super
 
 def extract_answer(text: str) -> str | None:
     """The final answer as a canonical integer string ('1,000.' -> '1000'), or None if there is none.
-
-    Linear in the text: string search, then one anchored match that backs off each of its runs
-    (spaces, digits, thousands groups) at most once, each step failing at once."""
+    Linear: string search, then one anchored match that backs off each of its runs at most once."""
     try:
         m = _NUMBER.fullmatch(answer_from_text(text) or "")
         digits = m[1].replace(",", "") if m else ""
@@ -241,8 +239,8 @@ def _tree(meta: dict) -> list:
     """The program as n-ary nodes: (family '+-' or '*/', [(sign, child)], [(parent node, slot)]).
 
     A sum absorbs the +/- operations under it (a - (b + c) -> {+a, -b, -c}) and a product the
-    * and / ones (exponents +1 / -1), so regrouping is free.  child is ('q', index) or ('n', node).
-    A derived value the program uses twice stays one node with two parents: computed once, reused."""
+    * and / ones (exponents +1 / -1), so regrouping is free. child is ('q', index) or ('n', node).
+    A value the program uses twice stays one node with two parents: computed once, reused."""
     ops, nodes, built = meta["ops"], [], {}
     uses = {}
     for _, a, b in ops:
@@ -274,13 +272,11 @@ def _tree(meta: dict) -> list:
 
 
 def _derive(step: str, nodes: list, readings: set, value: dict, allow_repeats: bool) -> set:
-    """The readings after an equation step: one per way the step extends a reading of the solution
-    so far by something new.  An empty set means the step is false.
-
-    A reading is the set of items derived so far.  An item (node, slots, o) is a part of a node:
-    its slots combined, worth o * (their signed sum) or (their product)^o.  x + y and x * y join
-    parts of like orientation, x - y and x / y parts of opposite ones, always disjoint parts of
-    the same node; a node finished with o = +1 becomes a slot of each of its parents."""
+    """The readings after an equation step, one per way it extends a reading by something new; an
+    empty set means the step is false. A reading is the set of items derived so far; an item
+    (node, slots, o) is a node's slots combined, worth o * (their signed sum) or (their product)^o.
+    x + y and x * y join disjoint parts of one node of like orientation, x - y and x / y of
+    opposite ones; a node finished with o = +1 becomes a slot of each of its parents."""
     m = _EQUATION.fullmatch(step)
     if not m or _apply(m[2], int(m[1]), int(m[3])) != int(m[4]):
         return set()
@@ -304,25 +300,21 @@ def step_truth(problem: Problem, steps: list[str], allow_repeats: bool = False) 
     """Exact PRM labels for any candidate solution (steps as data.split_steps returns them).
 
     A step is True iff every step before it is True and
-      * it is an equation 'x op y = z' of natural numbers, op in + - * /, one operation per step
-        (anything else, a sentence, a negative number, two operations, is False);
-      * the arithmetic is right (division exact);
-      * x and y are quantities of the question or values derived by earlier steps, and x op y is
-        part of the problem's computation up to commutativity and associativity: the program is
-        flattened into sums (of signed terms) and products (of factors and divisors) and the step
-        must combine two disjoint parts of the same sum or product, in the right direction (so
-        '4 * 3' for '3 * 4', '3 + 5 = 8' then '20 - 8' for '20 - 3 - 5', and independent steps in
-        any order are right; distributing '(a - b) * k' as 'a * k - b * k' is not, and a value
-        the question uses twice must be derived whole, then reused);
-      * it derives something new: repeating a step is False (unless allow_repeats), and so is
-        using one computation for two that merely coincide in value (2 * 6 = 12 standing in for
-        3 * 4 as well: one step computes one thing);
-    and the final step 'The answer is: X' is True iff every step before it is True, the steps
-    derived the whole answer, and X equals gold (a bare guess, however right, is False).
-    Numbers are matched by value: a step is True if ANY reading of its numbers (which of two equal
-    quantities it means) makes it right, given a reading under which all earlier steps are right.
-    Once a step is False all later ones are (PRM800K labels stop at the first error), and nothing
-    may follow the answer step."""
+      * it is one equation 'x op y = z' of natural numbers, op in + - * / (a sentence, a negative
+        number or two operations is False), with the arithmetic right (division exact);
+      * x and y are quantities of the question or values of earlier steps, and x op y is part of the
+        computation up to commutativity and associativity: it joins two disjoint parts of one sum
+        (of signed terms) or product (of factors and divisors) of the flattened program, in the right
+        direction ('4 * 3' for '3 * 4', '3 + 5 = 8' then '20 - 8' for '20 - 3 - 5', independent steps
+        in any order; not '(a - b) * k' distributed, and a value the question uses twice must be
+        derived whole, then reused);
+      * it derives something new: a repeated step is False (unless allow_repeats), and so is one
+        computation standing in for two that coincide in value (2 * 6 = 12 for 3 * 4 as well);
+    and 'The answer is: X' is True iff the steps before it are True, derived the whole answer, and
+    X equals gold (a bare guess, however right, is False). A step is True if ANY reading of its
+    numbers (which of two equal quantities it means) makes it right, given a reading under which
+    all earlier steps are right. After a False step all are False (PRM800K labels stop at the first
+    error), and nothing may follow the answer step."""
     if "ops" not in problem.meta:
         raise ValueError(f"{problem.id}: not a synthetic-world problem (no program in meta), so no step truth")
     nodes, quantities = _tree(problem.meta), problem.meta["quantities"]
@@ -342,10 +334,9 @@ def step_truth(problem: Problem, steps: list[str], allow_repeats: bool = False) 
 
 
 def corrupt(problem: Problem, rng: random.Random) -> str:
-    """A solution with one plausible error: a result off by a little, a wrong operand, a wrong
-    operation or a skipped step, carried forward; or a 'slip', a wrong result that later steps
-    ignore (small language models do this, and it is the commonest way to be right by luck).
-    For tests and label audits, not for training."""
+    """A solution with one plausible error carried forward (a result off by a little, a wrong operand or
+    operation, a skipped step), or a 'slip', a wrong result later steps ignore (small models do this: the
+    commonest way to be right by luck). For tests and label audits, not for training."""
     q, ops = problem.meta["quantities"], problem.meta["ops"]
     for _ in range(20):  # retry slips that make a later division inexact or a value negative
         i = rng.randrange(len(ops))
@@ -372,9 +363,9 @@ def corrupt(problem: Problem, rng: random.Random) -> str:
 
 
 def slip_pairs(problems: list[Problem], seed: int = 0) -> list[tuple[str, list[str], list[str]]]:
-    """(question, reference steps up to a random non-final step k, the same with step k's result off by 1, 2 or 10):
-    an arithmetic slip, the policy's commonest first error. A verifier that checks steps scores the first above the
-    second; one that only knows how hard the problem is cannot tell them apart (verify's slip_auc)."""
+    """(question, reference steps up to a random non-final step k, the same with step k's result off by 1, 2
+    or 10): an arithmetic slip, the policy's commonest first error. A verifier that checks steps scores the
+    first above the second; one that only knows the problem's difficulty cannot (verify's slip_auc)."""
     rng, pairs = random.Random(seed), []
     for p in problems:
         steps = split_steps(p.meta["solution"])
