@@ -557,8 +557,8 @@ def train_start(args, out: Path, resume: bool) -> tuple[Transformer, Tokenizer, 
         tok_dir = model.source_dir
         if args.untie:
             model.untie()
-    if tok.pad_id is None or tok.pad_id == tok.eos_id:
-        tok.pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id  # padding is masked: any id
+    if tok.pad_id is None:
+        tok.pad_id = tok.eos_id  # padding is masked: any id
     if (args.add_tag_token and args.objective != "sft" and len(prm_head(tok, args.tag).tag) > 1
             and not resume):
         # the tag becomes one new token with a trained embedding row, saved with the checkpoint
