@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,104 +37,82 @@ from data import synthetic
 import shepherd
 from model import DTYPES, PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
 from sampler import Sampler
-from shepherd import Dist, InputError, barrier, init_distributed, lr_at, seed_for
+from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, InputError, barrier, flag,
+                      init_distributed, lr_at, seed_for)
 
 ROOT = Path(__file__).resolve().parent
 
 
-def opt(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class Config:
-    task: str = opt("synthetic", "task (data.TASKS): the prompts and the grader")
-    tag: str = opt(data.STEP_TAG, "the step tag the policy writes and the reward model reads "
-                                  "(one token or several)")
-    policy: str = opt("", "SFT policy checkpoint (default: the synthetic world's tiny policy); "
-                          "also the frozen reference")
-    reward: str = opt("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); "
-                             "orm: one outcome score at the end; truth: exact step labels as p(+), "
-                             "an oracle PRM (tasks with step_truth: diagnosis)")
-    reward_model: str = opt("", "reward model checkpoint; default: built (labels from the policy, "
-                                "fine-tuned from --rm-base) and cached in runs/ppo-rm/")
-    out: str = opt("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
-    restart: bool = opt(False, "ignore a checkpoint in --out")
-    seed: int = opt(0, "every random choice derives from it "
-                       "(rollout seeds, prompt order, minibatch shuffles)")
-    iterations: int = opt(30, "rollout + update rounds")
-    batch_size: int = opt(128, "prompts per iteration (global), one sampled response each")
-    max_new_tokens: int = opt(128, "response length limit (the paper: 512 tokens in all)")
-    temperature: float = opt(1.0, "the policy being trained IS softmax(logits / temperature), "
-                                  "in sampling and training")
-    kl_coef: float = opt(0.04, "beta of the per-token KL penalty to the reference "
-                               "(Math-Shepherd: 0.04)")
-    reward_center: float = opt(0.5, "subtracted from every reward-model score (see score_rewards)")
-    no_answer_penalty: float = opt(-1.0, "added at the last token of a response that ends "
-                                         "without a final answer")
-    epochs: int = opt(4, "PPO epochs over each batch of rollouts")
-    minibatch_size: int = opt(64, "rows per optimizer step (global): few, large steps; "
-                                  "rewards are noisy")
-    micro_batch: int = opt(16, "rows per forward/backward on one rank (gradient accumulation)")
-    clip: float = opt(0.2, "PPO ratio clip epsilon")
-    value_clip: float = opt(0.2, "value clip: a new value may move this far from the rollout's")
-    gamma: float = opt(1.0, "discount (GAE)")
-    lam: float = opt(0.95, "GAE lambda")
-    lr: float = opt(3e-6, "policy learning rate (Mistral-7B in the paper: 1e-7)")
-    critic_lr: float = opt(2e-4, "value model learning rate")
-    min_lr_ratio: float = opt(0.1, "cosine decay to lr x this (the paper: 1e-7 -> 1e-8)")
-    warmup: int = opt(10, "optimizer steps of linear warmup")
-    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)")
-    max_grad_norm: float = opt(1.0, "gradient-norm clipping, per model")
-    critic_init: str = opt("reward", "value backbone from the reward model ('reward') "
-                                     "or the policy ('policy')")
-    eval_every: int = opt(10, "held-out greedy accuracy every this many iterations "
-                              "(and at the end)")
-    eval_problems: int = opt(500, "held-out problems for it "
-                                  "(the task's val split; test where it has none)")
-    test_problems: int = opt(500, "test problems for the final greedy accuracy (0: none)")
-    save_every: int = opt(10, "checkpoint every this many iterations (and at the end)")
-    rm_problems: int = opt(400, "reward-model build: problems to label "
-                                "(4 solutions x 4 completions each)")
-    rm_steps: int = opt(300, "reward-model build: training steps")
-    rm_base: str = opt("", "reward-model build: the base it is fine-tuned from (default: the "
-                           "synthetic world's verifier base with the default policy, "
-                           "else the policy)")
-    device: str = opt("", "cpu or cuda (default: cuda if available)")
-    dtype: str = opt("auto", "float32 | bfloat16 for the frozen reward model and FSDP compute "
-                             "(auto: bf16 on CUDA)")
-    fsdp: bool = opt(False, "shard every model with FSDP2 (fully_shard) instead of replicating it "
-                            "(7B scale)")
-    quiet: bool = opt(False, "no progress bar")
-
-
-# the numbers a user can get wrong, checked by argparse before anything runs (shepherd.in_range)
-RANGES = {**dict.fromkeys(["iterations", "batch_size", "max_new_tokens", "epochs", "minibatch_size",
-                           "micro_batch", "eval_every", "save_every", "rm_problems", "rm_steps"],
-                          shepherd.POSITIVE),
-          **dict.fromkeys(["eval_problems", "test_problems", "warmup"], shepherd.COUNT),
-          **dict.fromkeys(["temperature", "lr", "critic_lr", "clip", "value_clip", "max_grad_norm"],
-                          shepherd.RATE),
-          **dict.fromkeys(["kl_coef", "weight_decay"], shepherd.NONNEG),
-          **dict.fromkeys(["gamma", "lam", "min_lr_ratio", "reward_center"], shepherd.FRACTION)}
+class Config(Common):
+    """Step-by-step PPO's settings (shepherd.Common adds --tag, --seed, --device)."""
+    task: str = flag("synthetic", "task (data.TASKS): the prompts and the grader")
+    policy: str = flag("", "SFT policy checkpoint (default: the synthetic world's tiny policy); "
+                       "also the frozen reference")
+    reward: str = flag("prm", "prm: the PRM's p(+) at every step's tag (step-by-step PPO); orm: "
+                       "one outcome score at the end; truth: exact step labels as p(+), an oracle "
+                       "PRM (tasks with step_truth: diagnosis)", choices=["prm", "orm", "truth"])
+    reward_model: str = flag("", "reward model checkpoint; default: built (labels from the "
+                             "policy, fine-tuned from --rm-base) and cached in runs/ppo-rm/")
+    out: str = flag("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
+    restart: bool = flag(False, "ignore a checkpoint in --out")
+    iterations: int = flag(30, "rollout + update rounds", type=POSITIVE)
+    batch_size: int = flag(128, "prompts per iteration (global), one sampled response each",
+                           type=POSITIVE)
+    max_new_tokens: int = flag(128, "response length limit (the paper: 512 tokens in all)",
+                               type=POSITIVE)
+    temperature: float = flag(1.0, "the policy being trained IS softmax(logits / temperature), "
+                              "in sampling and training", type=RATE)
+    kl_coef: float = flag(0.04, "beta of the per-token KL penalty to the reference "
+                          "(Math-Shepherd: 0.04)", type=NONNEG)
+    reward_center: float = flag(0.5, "subtracted from every reward-model score (see "
+                                "score_rewards)", type=FRACTION)
+    no_answer_penalty: float = flag(-1.0, "added at the last token of a response that ends "
+                                    "without a final answer")
+    epochs: int = flag(4, "PPO epochs over each batch of rollouts", type=POSITIVE)
+    minibatch_size: int = flag(64, "rows per optimizer step (global): few, large steps; rewards "
+                               "are noisy", type=POSITIVE)
+    micro_batch: int = flag(16, "rows per forward/backward on one rank (gradient accumulation)",
+                            type=POSITIVE)
+    clip: float = flag(0.2, "PPO ratio clip epsilon", type=RATE)
+    value_clip: float = flag(0.2, "value clip: a new value may move this far from the rollout's",
+                             type=RATE)
+    gamma: float = flag(1.0, "discount (GAE)", type=FRACTION)
+    lam: float = flag(0.95, "GAE lambda", type=FRACTION)
+    lr: float = flag(3e-6, "policy learning rate (Mistral-7B in the paper: 1e-7)", type=RATE)
+    critic_lr: float = flag(2e-4, "value model learning rate", type=RATE)
+    min_lr_ratio: float = flag(0.1, "cosine decay to lr x this (the paper: 1e-7 -> 1e-8)",
+                               type=FRACTION)
+    warmup: int = flag(10, "optimizer steps of linear warmup", type=COUNT)
+    weight_decay: float = flag(0.0, "AdamW weight decay (matrices only)", type=NONNEG)
+    max_grad_norm: float = flag(1.0, "gradient-norm clipping, per model", type=RATE)
+    critic_init: str = flag("reward", "value backbone from the reward model or the policy",
+                            choices=["reward", "policy"])
+    eval_every: int = flag(10, "held-out greedy accuracy every this many iterations (and at the "
+                           "end)", type=POSITIVE)
+    eval_problems: int = flag(500, "held-out problems for it (the task's val split; test where it "
+                              "has none)", type=COUNT)
+    test_problems: int = flag(500, "test problems for the final greedy accuracy (0: none)",
+                              type=COUNT)
+    save_every: int = flag(10, "checkpoint every this many iterations (and at the end)",
+                           type=POSITIVE)
+    rm_problems: int = flag(400, "reward-model build: problems to label (4 solutions x 4 "
+                            "completions each)", type=POSITIVE)
+    rm_steps: int = flag(300, "reward-model build: training steps", type=POSITIVE)
+    rm_base: str = flag("", "reward-model build: the base it is fine-tuned from (default: the "
+                        "synthetic world's verifier base with the default policy, else the policy)")
+    dtype: str = flag("auto", "float32 | bfloat16 for the frozen reward model and FSDP compute "
+                      "(auto: bf16 on CUDA)")
+    fsdp: bool = flag(False, "shard every model with FSDP2 (fully_shard) instead of replicating "
+                      "it (7B scale)")
+    quiet: bool = flag(False, "no progress bar")
 
 
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(prog="ppo.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=f.metadata["help"])
-        else:
-            kind = ((lambda s: s and shepherd.device_arg(s)) if f.name == "device"
-                    else RANGES.get(f.name, type(f.default)))
-            p.add_argument(flag, type=kind, default=f.default,
-                           help=f.metadata["help"] + f" ({f.default})")
+                                formatter_class=shepherd.HelpFormatter)
+    shepherd.add_flags(p, Config)
     cfg = Config(**vars(p.parse_args(argv)))
-    if cfg.reward not in ("prm", "orm", "truth") or cfg.critic_init not in ("reward", "policy"):
-        p.error("--reward is prm, orm or truth; --critic-init is reward or policy")
     if cfg.dtype not in ("auto", *DTYPES):
         p.error(f"--dtype is auto, float32 or bfloat16, not {cfg.dtype!r}")
     return cfg
@@ -196,13 +174,15 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
             print(f"building the {kind.upper()} in {path} (once; cached)", flush=True)
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # serves the PRM and the ORM
         if not done.exists():  # resumable
-            shepherd.run("label", model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems,
-                         num_solutions=4, num_completions=4, max_new_tokens=96, seed=0, out=labels)
+            shepherd.cmd_label(shepherd.LabelConfig(
+                model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems, num_solutions=4,
+                num_completions=4, max_new_tokens=96, seed=0, out=str(labels)))
             if d.main:
                 done.touch()
-        shepherd.run("train", objective=kind, tag=cfg.tag, data=labels, model=base, out=path,
-                     steps=cfg.rm_steps, batch_size=32, lr=5e-4, warmup=30, eval_every=100,
-                     heldout=0.1, seed=0)
+        shepherd.cmd_train(shepherd.TrainConfig(
+            objective=kind, tag=cfg.tag, data=str(labels), model=base, out=str(path),
+            steps=cfg.rm_steps, batch_size=32, lr=5e-4, warmup=30, eval_every=100, heldout=0.1,
+            seed=0))
     barrier(d)
     return str(path)
 

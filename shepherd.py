@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -138,6 +138,59 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text}: this torch build has no CUDA device (torch {torch.__version__})")
     return text
+
+
+def in_range(kind, lo, hi=math.inf, lo_open=False):
+    """An argparse type: finite kind(text) in [lo, hi] ((lo, hi] if lo_open), else a usage error."""
+    def parse(text):
+        x = kind(text)
+        if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
+            raise argparse.ArgumentTypeError(f"expected {'>' if lo_open else '>='} {lo}"
+                                             + (f" and <= {hi}" if hi < math.inf else "")
+                                             + f", not {text}")
+        return x
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+POSITIVE, COUNT, RATE = in_range(int, 1), in_range(int, 0), in_range(float, 0, lo_open=True)
+FRACTION, NONNEG = in_range(float, 0, 1), in_range(float, 0)
+
+
+def flag(default=None, help: str = "", **argparse_settings):
+    """A config field that is also a command-line flag (add_flags): --name, its default and help."""
+    return field(default=default, metadata={"help": help, **argparse_settings})
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help: descriptions as written, every flag's default shown."""
+
+
+def add_flags(parser: argparse.ArgumentParser, config: type):
+    """The one way a command line is made (shepherd.py's commands, ppo.py): a flag per field of a
+    config dataclass, typed by its default unless the field says otherwise; bools are switches."""
+    for f in fields(config):
+        kw = dict(f.metadata)
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        elif type(f.default) in (int, float):
+            kw.setdefault("type", type(f.default))
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
+
+
+@dataclass
+class Common:  # every command's flags
+    tag: str = flag(data.STEP_TAG, "step tag, as written after a space; one token or several "
+                    "(then read at its last token)")
+    seed: int = flag(0, "every seed derives from this (and a record's id)")
+    device: str | None = flag(None, "cpu, cuda or cuda:N (None: cuda if available)", type=device_arg)
+
+
+@dataclass
+class Signs:  # the PRM's two label tokens (train, verify)
+    good: str = flag("+", "token meaning 'this step can still reach the answer' (' +' if one "
+                     "token, else '+')")
+    bad: str = flag("-", "token meaning 'it cannot' (' -' if one token, else '-')")
 
 
 def seed_for(*parts) -> int:
@@ -513,6 +566,46 @@ def scratch_dir(path) -> bool:
     """A tokenizer folder made by this run (scratch, or with an added tag): removed at the end."""
     return (str(path).startswith(tempfile.gettempdir())
             and Path(path).name.startswith("shepherd-tokenizer-"))
+
+
+@dataclass
+class TrainConfig(Signs, Common):
+    """Train a policy (sft), a process reward model (prm) or an outcome reward model (orm)."""
+    objective: str = flag("sft", "sft: next-token loss on responses; prm: BCE at every step tag "
+                          "(Eq. 2); orm: BCE at the last tag (Eq. 1)", choices=["sft", "prm", "orm"])
+    model: str = flag("scratch", "checkpoint folder or hub repo id to start from, or 'scratch'")
+    scratch_size: str = flag("tiny", "model size with --model scratch", choices=list(SCRATCH_SIZES))
+    task: str = flag("synthetic", "task (SFT records; tokenizer for scratch)", choices=list(data.TASKS))
+    data: str | None = flag(None, "JSONL: sft {prompt, response}; prm/orm: label records, "
+                            "Math-Shepherd or stepwise")
+    labels: str = flag("hard", "which labels of label records to fit", choices=["hard", "soft"])
+    num_examples: int | None = flag(None, "cap on the task's SFT records", type=POSITIVE)
+    out: str = flag(None, "output checkpoint folder (Hugging Face layout); resumed if it has a "
+                    "trainer state", required=True)
+    restart: bool = flag(False, "ignore an existing trainer state in --out")
+    steps: int = flag(1000, type=POSITIVE)
+    batch_size: int = flag(32, "global batch (examples per optimizer step)", type=POSITIVE)
+    grad_accum: int = flag(1, type=POSITIVE)
+    pack: bool = flag(False, "pack several examples into each row (less padding)")
+    eval_batch_size: int = flag(64, type=POSITIVE)
+    lr: float = flag(1e-3, type=RATE)
+    min_lr_ratio: float = flag(0.1, "cosine schedule ends at lr x this", type=FRACTION)
+    warmup: int = flag(50, type=COUNT)
+    weight_decay: float = flag(0.1, type=NONNEG)
+    clip: float = flag(1.0, "gradient-norm clipping", type=RATE)
+    heldout: float = flag(0.05, "fraction of examples held out (by a hash of their id)",
+                          type=FRACTION)
+    eval_every: int = flag(200, type=POSITIVE)
+    save_every: int = flag(500, type=POSITIVE)
+    max_len: int = flag(256, "context length of a scratch model", type=POSITIVE)
+    untie: bool = flag(False, "an LM head of its own, not tied to the input embeddings (PRM "
+                       "training then moves the +/- output rows without moving the + and - "
+                       "operators' embeddings)")
+    add_tag_token: bool = flag(False, "if the tag is several tokens, add it to the tokenizer as "
+                               "one new token (embedding row initialised to the mean, saved with "
+                               "the checkpoint)")
+    eval_problems: int = flag(200, "sft: greedy accuracy on this many test problems at the end",
+                              type=COUNT)
 
 
 # what a training run depends on: resuming with one changed would be a run of neither setting
@@ -1102,6 +1195,43 @@ def show(records: list[dict], k: int):
                       f"hard {r['hard'][i]} soft {r['soft'][i]:.2f}{truth}")
 
 
+@dataclass
+class LabelConfig(Common):
+    """Automatic process annotation by Monte-Carlo completions (Math-Shepherd §3.3).
+
+For each problem, sample solutions; from the prefix ending at every step sample N completions;
+grade them; label the step hard (Eq. 3: any right) and soft (Eq. 4: fraction right).
+Resumable: rerun the same command to continue."""
+    dtype: str = flag("float32", "weights' dtype", choices=list(DTYPES))
+    task: str = flag("synthetic", choices=list(data.TASKS))
+    split: str = flag("train", "which problems of the task to label")
+    limit: int = flag(50, "label the first LIMIT problems", type=POSITIVE)
+    model: str | None = flag(None, "generator of the solutions (default: the synthetic world's "
+                             "tiny policy)")
+    completer: str | None = flag(None, "model for the rollouts (default: the generator)")
+    solutions: str | None = flag(None, "label these solutions instead of sampling "
+                                 "(Math-Shepherd or stepwise jsonl)")
+    num_solutions: int = flag(4, "solutions sampled per problem", type=POSITIVE)
+    num_completions: int = flag(8, "N, completions per step (the paper: 8)", type=POSITIVE)
+    temperature: float = flag(0.7, type=NONNEG)
+    top_p: float = flag(1.0, type=in_range(float, 0, 1, lo_open=True))
+    max_new_tokens: int = flag(128, "per solution and per completion", type=POSITIVE)
+    batch_size: int = flag(64, "rows per sampler batch", type=POSITIVE)
+    group: int = flag(8, "problems (or input records) sampled and labeled in shared batches: the "
+                      "unit of work that a resume redoes, and that torchrun ranks share out",
+                      type=POSITIVE)
+    out: str = flag("runs/labels.jsonl", "records (JSONL); exports and the quality report go "
+                    "beside it")
+    format: tuple = flag(("records",), "extra exports written beside --out", nargs="+",
+                         choices=["records", "math-shepherd", "stepwise"])
+    export_labels: str = flag("hard", "labels in the stepwise export (soft: floats, which TRL's "
+                              "int(label) reads as 0 below 1; soft-threshold: soft >= 0.5 as "
+                              "booleans)", choices=["hard", "soft", "soft-threshold"])
+    show: int = flag(0, "print K worked examples", type=COUNT, metavar="K")
+    skip_bad: bool = flag(False, "count and skip bad input records instead of stopping")
+    restart: bool = flag(False, "start --out afresh instead of resuming it")
+
+
 # what a label output depends on: resuming with one changed would mix records made two ways
 LABEL_SETTINGS = ("task", "split", "limit", "model", "completer", "solutions", "num_solutions",
                   "num_completions", "temperature", "top_p", "max_new_tokens", "group", "seed",
@@ -1413,6 +1543,33 @@ def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
     return out
 
 
+@dataclass
+class VerifyConfig(Signs, Common):
+    """Best-of-N reranking with reward models, self-consistency, weighted voting.
+
+Sample S solutions per problem (or read them), score each once with every reward model, and
+report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM."""
+    dtype: str = flag("float32", "weights' dtype", choices=list(DTYPES))
+    task: str = flag("synthetic", choices=list(data.TASKS))
+    split: str = flag("test")
+    limit: int = flag(100, "first LIMIT problems of the split", type=POSITIVE)
+    model: str | None = flag(None, "generator (default: the synthetic world's tiny policy)")
+    solutions: str | None = flag(None, "JSONL of solutions (problem_id or question, steps) "
+                                 "instead of sampling")
+    num_samples: int = flag(64, "S, solutions per problem", type=POSITIVE)
+    temperature: float = flag(0.7, type=NONNEG)
+    max_new_tokens: int = flag(192, type=POSITIVE)
+    prm: list | None = flag(None, "a process reward model (repeatable)", action="append",
+                            metavar="[NAME=]PATH")
+    orm: list | None = flag(None, "an outcome reward model (repeatable)", action="append",
+                            metavar="[NAME=]PATH")
+    rm_format: str = flag("shepherd", "input layout the reward models were trained on "
+                          "(math-shepherd: the released PRM's)", choices=["shepherd", "math-shepherd"])
+    subsets: int = flag(100, "random subsets per N", type=POSITIVE)
+    batch_size: int = flag(64, type=POSITIVE)
+    out: str = flag("runs/verify")
+
+
 def split_rm(spec: str) -> tuple[str, str]:
     """'NAME=PATH' or 'PATH' -> (name, path)."""
     name, sep, path = spec.partition("=")
@@ -1599,156 +1756,17 @@ def cmd_verify(args) -> int:
 # The command line
 
 
-def in_range(kind, lo, hi=math.inf, lo_open=False):
-    """An argparse type: finite kind(text) in [lo, hi] ((lo, hi] if lo_open), else a usage error."""
-    def parse(text):
-        x = kind(text)
-        if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
-            raise argparse.ArgumentTypeError(f"expected {'>' if lo_open else '>='} {lo}"
-                                             + (f" and <= {hi}" if hi < math.inf else "")
-                                             + f", not {text}")
-        return x
-    parse.__name__ = kind.__name__  # argparse names the type in its message
-    return parse
-
-
-POSITIVE, COUNT, RATE = in_range(int, 1), in_range(int, 0), in_range(float, 0, lo_open=True)
-FRACTION, NONNEG = in_range(float, 0, 1), in_range(float, 0)
+COMMANDS = {"train": (TrainConfig, cmd_train), "label": (LabelConfig, cmd_label),
+            "verify": (VerifyConfig, cmd_verify)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)  # every command's
-    common.add_argument("--tag", default=data.STEP_TAG, help="step tag, as written after a space; "
-                        "one token or several (then read at its last token)")
-    common.add_argument("--seed", type=int, default=0,
-                        help="every seed derives from this (and a record's id)")
-    common.add_argument("--device", type=device_arg, default=None,
-                        help="cpu, cuda or cuda:N (None: cuda if available)")
-    signs = argparse.ArgumentParser(add_help=False)  # the PRM's two label tokens (train, verify)
-    signs.add_argument("--good", default="+", help="token meaning 'this step can still reach the "
-                       "answer' (' +' if one token, else '+')")
-    signs.add_argument("--bad", default="-",
-                       help="token meaning 'it cannot' (' -' if one token, else '-')")
-    dtype = argparse.ArgumentParser(add_help=False)  # label, verify: generate and score only
-    dtype.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype")
-
-    t = sub.add_parser("train", help="train a policy (sft), a process reward model (prm) or an "
-                       "outcome reward model (orm)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, signs])
-    t.add_argument("--objective", choices=["sft", "prm", "orm"], default="sft",
-                   help="sft: next-token loss on responses; prm: BCE at every step tag (Eq. 2); "
-                        "orm: BCE at the last tag (Eq. 1)")
-    t.add_argument("--model", default="scratch",
-                   help="checkpoint folder or hub repo id to start from, or 'scratch'")
-    t.add_argument("--scratch-size", choices=list(SCRATCH_SIZES), default="tiny",
-                   help="model size with --model scratch")
-    t.add_argument("--task", default="synthetic", choices=list(data.TASKS),
-                   help="task (SFT records; tokenizer for scratch)")
-    t.add_argument("--data", help="JSONL: sft {prompt, response}; prm/orm: label records, "
-                   "Math-Shepherd or stepwise")
-    t.add_argument("--labels", choices=["hard", "soft"], default="hard",
-                   help="which labels of label records to fit")
-    t.add_argument("--num-examples", type=POSITIVE, default=None, help="cap on the task's SFT records")
-    t.add_argument("--out", required=True, help="output checkpoint folder (Hugging Face layout); "
-                   "resumed if it has a trainer state")
-    t.add_argument("--restart", action="store_true", help="ignore an existing trainer state in --out")
-    t.add_argument("--steps", type=POSITIVE, default=1000)
-    t.add_argument("--batch-size", type=POSITIVE, default=32,
-                   help="global batch (examples per optimizer step)")
-    t.add_argument("--grad-accum", type=POSITIVE, default=1)
-    t.add_argument("--pack", action="store_true",
-                   help="pack several examples into each row (less padding)")
-    t.add_argument("--eval-batch-size", type=POSITIVE, default=64)
-    t.add_argument("--lr", type=RATE, default=1e-3)
-    t.add_argument("--min-lr-ratio", type=FRACTION, default=0.1, help="cosine schedule ends at lr x this")
-    t.add_argument("--warmup", type=COUNT, default=50)
-    t.add_argument("--weight-decay", type=NONNEG, default=0.1)
-    t.add_argument("--clip", type=RATE, default=1.0, help="gradient-norm clipping")
-    t.add_argument("--heldout", type=FRACTION, default=0.05,
-                   help="fraction of examples held out (by a hash of their id)")
-    t.add_argument("--eval-every", type=POSITIVE, default=200)
-    t.add_argument("--save-every", type=POSITIVE, default=500)
-    t.add_argument("--max-len", type=POSITIVE, default=256, help="context length of a scratch model")
-    t.add_argument("--untie", action="store_true", help="an LM head of its own, not tied to the "
-                   "input embeddings (PRM training then moves the +/- output rows without moving "
-                   "the + and - operators' embeddings)")
-    t.add_argument("--add-tag-token", action="store_true", help="if the tag is several tokens, "
-                   "add it to the tokenizer as one new token (embedding row initialised to the "
-                   "mean, saved with the checkpoint)")
-    t.add_argument("--eval-problems", type=COUNT, default=200,
-                   help="sft: greedy accuracy on this many test problems at the end")
-    t.set_defaults(func=cmd_train)
-
-    lab = sub.add_parser("label", help="automatic process annotation by Monte-Carlo completions "
-                         "(Math-Shepherd §3.3)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common, dtype],
-                         description="For each problem, sample solutions; from the prefix ending "
-                                     "at every step sample N completions; grade them; label the "
-                                     "step hard (Eq. 3: any right) and soft (Eq. 4: fraction "
-                                     "right). Resumable: rerun the same command to continue.")
-    lab.add_argument("--task", default="synthetic", choices=list(data.TASKS))
-    lab.add_argument("--split", default="train", help="which problems of the task to label")
-    lab.add_argument("--limit", type=POSITIVE, default=50, help="label the first LIMIT problems")
-    lab.add_argument("--model", default=None, help="generator of the solutions "
-                     "(default: the synthetic world's tiny policy)")
-    lab.add_argument("--completer", default=None, help="model for the rollouts (default: the generator)")
-    lab.add_argument("--solutions", default=None, help="label these solutions instead of "
-                     "sampling (Math-Shepherd or stepwise jsonl)")
-    lab.add_argument("--num-solutions", type=POSITIVE, default=4, help="solutions sampled per problem")
-    lab.add_argument("--num-completions", type=POSITIVE, default=8,
-                     help="N, completions per step (the paper: 8)")
-    lab.add_argument("--temperature", type=NONNEG, default=0.7)
-    lab.add_argument("--top-p", type=in_range(float, 0, 1, lo_open=True), default=1.0)
-    lab.add_argument("--max-new-tokens", type=POSITIVE, default=128,
-                     help="per solution and per completion")
-    lab.add_argument("--batch-size", type=POSITIVE, default=64, help="rows per sampler batch")
-    lab.add_argument("--group", type=POSITIVE, default=8, help="problems (or input records) "
-                     "sampled and labeled in shared batches: the unit of work that a resume "
-                     "redoes, and that torchrun ranks share out")
-    lab.add_argument("--out", default="runs/labels.jsonl", help="records (JSONL); exports and "
-                     "the quality report go beside it")
-    lab.add_argument("--format", nargs="+", default=["records"],
-                     choices=["records", "math-shepherd", "stepwise"],
-                     help="extra exports written beside --out")
-    lab.add_argument("--export-labels", choices=["hard", "soft", "soft-threshold"], default="hard",
-                     help="labels in the stepwise export (soft: floats, which TRL's int(label) "
-                          "reads as 0 below 1; soft-threshold: soft >= 0.5 as booleans)")
-    lab.add_argument("--show", type=COUNT, default=0, metavar="K", help="print K worked examples")
-    lab.add_argument("--skip-bad", action="store_true",
-                     help="count and skip bad input records instead of stopping")
-    lab.add_argument("--restart", action="store_true", help="start --out afresh instead of resuming it")
-    lab.set_defaults(func=cmd_label)
-
-    v = sub.add_parser("verify", help="best-of-N reranking with reward models, self-consistency, "
-                       "weighted voting",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       parents=[common, signs, dtype],
-                       description="Sample S solutions per problem (or read them), score each "
-                                   "once with every reward model, and report accuracy vs N for "
-                                   "SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM.")
-    v.add_argument("--task", default="synthetic", choices=list(data.TASKS))
-    v.add_argument("--split", default="test")
-    v.add_argument("--limit", type=POSITIVE, default=100, help="first LIMIT problems of the split")
-    v.add_argument("--model", default=None, help="generator (default: the synthetic world's tiny policy)")
-    v.add_argument("--solutions", default=None, help="JSONL of solutions (problem_id or "
-                   "question, steps) instead of sampling")
-    v.add_argument("--num-samples", type=POSITIVE, default=64, help="S, solutions per problem")
-    v.add_argument("--temperature", type=NONNEG, default=0.7)
-    v.add_argument("--max-new-tokens", type=POSITIVE, default=192)
-    v.add_argument("--prm", action="append", metavar="[NAME=]PATH",
-                   help="a process reward model (repeatable)")
-    v.add_argument("--orm", action="append", metavar="[NAME=]PATH",
-                   help="an outcome reward model (repeatable)")
-    v.add_argument("--rm-format", choices=["shepherd", "math-shepherd"], default="shepherd",
-                   help="input layout the reward models were trained on "
-                        "(math-shepherd: the released PRM's)")
-    v.add_argument("--subsets", type=POSITIVE, default=100, help="random subsets per N")
-    v.add_argument("--batch-size", type=POSITIVE, default=64)
-    v.add_argument("--out", default="runs/verify")
-    v.set_defaults(func=cmd_verify)
+    for name, (config, _) in COMMANDS.items():
+        add_flags(sub.add_parser(name, help=config.__doc__.splitlines()[0],
+                                 description=config.__doc__, formatter_class=HelpFormatter), config)
     return p
 
 
@@ -1774,21 +1792,11 @@ def run_cli(command, argv, on_interrupt: str) -> int:
         return 2
 
 
-def run(command: str, **settings):
-    """A command called from Python (ppo.py builds its reward model so): keyword settings, checked
-    exactly as on the command line; a bad one raises InputError (or argparse's exit 2)."""
-    argv = [command]
-    for name, value in settings.items():
-        flag = "--" + name.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
 def main(argv=None) -> int:
     def command(argv):
-        args = build_parser().parse_args(argv)
-        return args.func(args)
+        ns = build_parser().parse_args(argv)
+        config, cmd = COMMANDS[ns.command]
+        return cmd(config(**{f.name: getattr(ns, f.name) for f in fields(config)}))
     return run_cli(command, argv, "label and train resume where they stopped when run again")
 
 

@@ -284,8 +284,8 @@ def test_a_tag_of_the_policys_own_is_read_back_as_ki(tmp_path):
 
 @pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
 def test_the_default_reward_model_is_built_by_the_projects_label_and_train(tmp_path, monkeypatch):
-    """No --reward-model: label the policy's solutions, fine-tune a PRM from the verifier base (shepherd.run, the
-    commands' own code and checks), cache it; a second run reuses it without building anything."""
+    """No --reward-model: label the policy's solutions, fine-tune a PRM from the verifier base (shepherd.cmd_label
+    and cmd_train, the commands' own code and checks), cache it; a second run reuses it without building anything."""
     monkeypatch.setattr(ppo, "ROOT", tmp_path)
     cfg = ppo.parse_args(["--rm-problems", "2", "--rm-steps", "2"])
     path = Path(ppo.ensure_reward_model(cfg, synthetic.POLICY_DIR, shepherd.Dist()))
@@ -295,7 +295,8 @@ def test_the_default_reward_model_is_built_by_the_projects_label_and_train(tmp_p
     assert {r["problem_id"] for r in records} == {p.id for p in synthetic.load("train")[:2]}
     assert all(len(r["rollout_correct"][0]) == 4 for r in records if len(r["steps"]) > 1)  # N = 4 completions
     assert json.loads((path / "config.json").read_text())["tie_word_embeddings"] is False  # the verifier base's
-    monkeypatch.setattr(shepherd, "run", lambda *a, **k: pytest.fail("rebuilt a cached reward model"))
+    for cmd in ("cmd_label", "cmd_train"):
+        monkeypatch.setattr(shepherd, cmd, lambda *a, **k: pytest.fail("rebuilt a cached reward model"))
     assert ppo.ensure_reward_model(cfg, synthetic.POLICY_DIR, shepherd.Dist()) == str(path)
 
 
