@@ -815,13 +815,8 @@ def summarize(rows: list[dict], g: dict) -> dict:
 OUTPUTS = ("checkpoint", "log.jsonl", "eval.json")  # what a run writes in --out
 
 
-def main(argv=None) -> int:
-    return shepherd.run_cli(run, argv, "the same command resumes from the last checkpoint")
-
-
-def run(argv=None) -> int:
-    cfg = parse_args(argv)
-    d = init_distributed(cfg.device or None)
+def check_run(cfg: Config, d: Dist):
+    """What no flag's own type can check: the batch sizes against the world size, and --out."""
     if cfg.batch_size % cfg.minibatch_size or cfg.minibatch_size % d.world or cfg.batch_size % d.world:
         raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size "
                          f"{cfg.minibatch_size}, itself a multiple of the world size {d.world}")
@@ -829,6 +824,37 @@ def run(argv=None) -> int:
     if out.exists() and (not out.is_dir()
                          or any(out.iterdir()) and not any((out / n).exists() for n in OUTPUTS)):
         raise InputError(f"{out}: --out exists and is not a ppo.py output; choose another --out")
+
+
+def my_prompts(cfg: Config, it: int, train: list, order: list[int], d: Dist) -> list:
+    """The iteration's problems: a fixed slice of a fixed permutation; each rank a contiguous part
+    (so the gathered batch is the one-process batch, in its order)."""
+    idx = [order[(it * cfg.batch_size + j) % len(train)] for j in range(cfg.batch_size)]
+    per = cfg.batch_size // d.world
+    return [train[i] for i in idx[d.rank * per:(d.rank + 1) * per]]
+
+
+def test_accuracy(cfg: Config, M, sampler: Sampler, d: Dist):
+    """The final greedy test accuracy, printed and written to --out/eval.json."""
+    test = M.task.load("test")[:cfg.test_problems] if cfg.test_problems else []
+    acc = greedy_accuracy(cfg, M, sampler, test, d) if test else float("nan")
+    if d.main:
+        res = {"test_greedy_accuracy": acc, "problems": len(test), "reward": cfg.reward,
+               "iterations": cfg.iterations}
+        shepherd.atomic_write(Path(cfg.out) / "eval.json", json.dumps(res, indent=2) + "\n")
+        print(f"test greedy accuracy {acc:.3f} on {len(test)} problems; "
+              f"checkpoint in {Path(cfg.out) / 'checkpoint'}")
+
+
+def main(argv=None) -> int:
+    return shepherd.run_cli(run, argv, "the same command resumes from the last checkpoint")
+
+
+def run(argv=None) -> int:
+    cfg = parse_args(argv)
+    d = init_distributed(cfg.device or None)
+    check_run(cfg, d)
+    out = Path(cfg.out)
     torch.manual_seed(cfg.seed)  # nothing below draws from it; set for any future code that does
     M, start = setup(cfg, d)
     task = M.task
@@ -855,12 +881,9 @@ def run(argv=None) -> int:
                             initial=start, total=cfg.iterations, quiet=cfg.quiet)
     for it in bar:
         timer = Timer()
-        # the iteration's prompts: a fixed slice of a fixed permutation; each rank a contiguous part
-        idx = [order[(it * cfg.batch_size + j) % len(train)] for j in range(cfg.batch_size)]
-        per = cfg.batch_size // d.world
-        mine = [train[i] for i in idx[d.rank * per:(d.rank + 1) * per]]
         try:
-            rows = gather_rows(rollout(cfg, it, mine, M, sampler, timer), d)
+            rows = gather_rows(rollout(cfg, it, my_prompts(cfg, it, train, order, d), M, sampler,
+                                       timer), d)
             with timer("update"):
                 g = build_batch(cfg, rows, M)
                 stats = update(cfg, it, g, M, d)
@@ -884,14 +907,8 @@ def run(argv=None) -> int:
                                       for k, v in stats.items()}))
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save_checkpoint(cfg, it + 1, M, d)
-    test = task.load("test")[:cfg.test_problems] if cfg.test_problems else []
-    acc = greedy_accuracy(cfg, M, sampler, test, d) if test else float("nan")
+    test_accuracy(cfg, M, sampler, d)
     if d.main:
-        res = {"test_greedy_accuracy": acc, "problems": len(test), "reward": cfg.reward,
-               "iterations": cfg.iterations}
-        shepherd.atomic_write(out / "eval.json", json.dumps(res, indent=2) + "\n")
-        print(f"test greedy accuracy {acc:.3f} on {len(test)} problems; "
-              f"checkpoint in {out / 'checkpoint'}")
         log.close()
     if d.world > 1:
         torch.distributed.destroy_process_group()

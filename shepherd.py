@@ -11,6 +11,7 @@ head in model.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -717,36 +718,99 @@ def save_train_checkpoint(model: Transformer, out: Path, tok_dir: Path, opt, ste
         raise InputError(f"{out}: cannot write the checkpoint ({e})") from None
 
 
-def cmd_train(args) -> int:
+@dataclass
+class Trainer:
+    """What an optimizer step and an evaluation need (cmd_train's loop reads as the algorithm)."""
+    args: TrainConfig
+    d: Dist
+    model: Transformer  # the weights: evaluated and saved
+    ddp: torch.nn.Module  # what forward/backward run through: the model, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    tok: Tokenizer
+    head: PRMHead | None
+    train: list[Example]
+    held: list[Example]
+    amp: contextlib.AbstractContextManager  # bf16 autocast on CUDA, else off
+    state_file: Path  # the last checkpoint's trainer state, if one was saved
+
+    def evaluate(self) -> dict:
+        a = self.args
+        return heldout_metrics(self.model, self.held, a.objective, self.head, self.tok.pad_id,
+                               self.d.device, a.eval_batch_size, self.amp)
+
+    def step(self, step: int) -> dict:
+        """One optimizer step: the lr schedule, gradient accumulation, clipping. Its log record."""
+        a, d = self.args, self.d
+        lr = lr_at(step, a.steps, a.lr, a.warmup, a.lr * a.min_lr_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        per_rank = a.batch_size // (d.world * a.grad_accum)
+        pack = a.pack and self.model.config.max_position_embeddings
+        total = 0.0
+        for micro in range(a.grad_accum):
+            with self.amp:
+                mine = batch_indices(step, micro, len(self.train), a.batch_size, a.seed, d, per_rank)
+                batch = collate([self.train[i] for i in mine], self.tok.pad_id, d.device, pack)
+                loss, _, _ = objective_loss(self.ddp, batch, a.objective, self.head)
+            (loss / a.grad_accum).backward()
+            total += loss.item() / a.grad_accum
+        if not math.isfinite(total):
+            saved = (f"the last good checkpoint is {a.out}" if self.state_file.exists()
+                     else "no checkpoint was saved")
+            raise InputError(f"{a.data or a.task}: loss is {total} at step {step} "
+                             f"(learning rate too high? NaN in the weights?); {saved}")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip).item()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm}
+
+
+def train_state(out: Path, restart: bool) -> str:
+    """What --out holds: 'fresh', 'resume' (a trainer_state.pt) or 'done' (trainer_state.json)."""
+    ours = (out / "trainer_state.pt").exists() or (out / "trainer_state.json").exists()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
+        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); "
+                         f"choose another --out")
+    if restart:
+        return "fresh"
+    return ("done" if (out / "trainer_state.json").exists() else
+            "resume" if (out / "trainer_state.pt").exists() else "fresh")
+
+
+def train_examples(args: TrainConfig, tok: Tokenizer, head, context: int) -> tuple[list, list]:
+    """(train, held-out) examples, each checked to fit the model's context."""
+    examples = load_training_examples(args, tok, head)
+    too_long = [i for i, e in examples if len(e.ids) > context]
+    if too_long:
+        raise InputError(f"{too_long[0]}: more tokens than the model's context ({context}); "
+                         f"{len(too_long)} such example(s)")
+    train, held = split_heldout(examples, args.heldout)
+    if not train:
+        raise InputError("no training examples")
+    return train, held
+
+
+def print_record(rec: dict, write=print):
+    write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
+
+
+def cmd_train(args: TrainConfig) -> int:
     d = init_distributed(args.device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     state_file = out / "trainer_state.pt"
-    ours = state_file.exists() or (out / "trainer_state.json").exists()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
-        raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); "
-                         f"choose another --out")
-    resume = state_file.exists() and not args.restart
-    if (out / "trainer_state.json").exists() and not args.restart:
+    state = train_state(out, args.restart)
+    if state == "done":
         print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
         return 0
+    resume = state == "resume"
     settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
     settings["data_digest"] = args.data and Path(args.data).is_file() and file_digest(args.data)
     model, tok, tok_dir = train_start(args, out, resume)
     head = prm_head(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
     model = model.to(d.device).float() if d.device == "cpu" else model.to(d.device)
-    examples = load_training_examples(args, tok, head)
-    too_long = [i for i, e in examples if len(e.ids) > model.config.max_position_embeddings]
-    if too_long:
-        raise InputError(f"{too_long[0]}: more tokens than the model's context "
-                         f"({model.config.max_position_embeddings}); {len(too_long)} such example(s)")
-    train, held = split_heldout(examples, args.heldout)
-    if not train:
-        raise InputError("no training examples")
-    raw = model
-    if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    opt = adamw(raw, args.lr, args.weight_decay)
+    train, held = train_examples(args, tok, head, model.config.max_position_embeddings)
+    opt = adamw(model, args.lr, args.weight_decay)
     step = 0
     if resume:
         st = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -755,68 +819,41 @@ def cmd_train(args) -> int:
         step = int(st["step"])
         if d.main:
             print(f"resuming {out} at step {step}")
-    per_rank = args.batch_size // (d.world * args.grad_accum)
-    if per_rank * d.world * args.grad_accum != args.batch_size:
+    if args.batch_size % (d.world * args.grad_accum):
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of "
                          f"world size x --grad-accum")
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda")
+           else torch.autocast("cpu", enabled=False))
+    T = Trainer(args, d, model, torch.nn.parallel.DistributedDataParallel(model)
+                if d.world > 1 else model, opt, tok, head, train, held, amp, state_file)
     # the first byte written: everything above is validation
     log = (open_log(out.parent / f"{out.name}.log.jsonl", step if resume else None, "step")
            if d.main else None)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda")
-           else torch.autocast("cpu", enabled=False))
-
-    pack = args.pack and raw.config.max_position_embeddings
-
-    def evaluate() -> dict:
-        return heldout_metrics(raw, held, args.objective, head, tok.pad_id, d.device,
-                               args.eval_batch_size, amp)
-
     bar = None
     try:
         if step == 0 and held:  # where we start from, for comparison
-            rec = {"step": 0, **evaluate()}
+            rec = {"step": 0, **T.evaluate()}
             if log:
                 log.write(json.dumps(rec) + "\n")
             if d.main:
-                print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
-                                  for k, v in rec.items()}))
-        model.train()
+                print_record(rec)
+        T.ddp.train()
         bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step,
                        total=args.steps)
         t0 = time.time()
         for step in bar:
-            lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            total = 0.0
-            for micro in range(args.grad_accum):
-                with amp:
-                    mine = batch_indices(step, micro, len(train), args.batch_size, args.seed, d, per_rank)
-                    batch = collate([train[i] for i in mine], tok.pad_id, d.device, pack)
-                    loss, _, _ = objective_loss(model, batch, args.objective, head)
-                (loss / args.grad_accum).backward()
-                total += loss.item() / args.grad_accum
-            if not math.isfinite(total):
-                saved = (f"the last good checkpoint is {out}" if state_file.exists()
-                         else "no checkpoint was saved")
-                raise InputError(f"{args.data or args.task}: loss is {total} at step {step} "
-                                 f"(learning rate too high? NaN in the weights?); {saved}")
-            gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip).item()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
-            rec = {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm, "time": time.time() - t0}
+            rec = {**T.step(step), "time": time.time() - t0}
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-                rec.update(evaluate() if held else {})
-                bar.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v
-                                      for k, v in rec.items()}))
+                rec.update(T.evaluate() if held else {})
+                print_record(rec, bar.write)
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if (step + 1) % args.save_every == 0 and step + 1 < args.steps and d.main:
-                save_train_checkpoint(raw, out, tok_dir, opt, step + 1, settings)
+                save_train_checkpoint(model, out, tok_dir, opt, step + 1, settings)
         if d.main:
-            save_train_checkpoint(raw, out, tok_dir, None, args.steps, settings)
+            save_train_checkpoint(model, out, tok_dir, None, args.steps, settings)
     except BaseException:  # no checkpoint, no log: a run that saved nothing leaves nothing
         if bar is not None:
             bar.close()  # the error then starts a line of its own
@@ -831,11 +868,11 @@ def cmd_train(args) -> int:
     if scratch_dir(tok_dir):
         shutil.rmtree(tok_dir, ignore_errors=True)  # the tokenizer now lives in the checkpoint
     if d.main:
-        print(f"saved {out} ({raw.num_params():,} parameters, {args.steps} steps, "
+        print(f"saved {out} ({model.num_params():,} parameters, {args.steps} steps, "
               f"{time.time() - t0:.0f}s)")
         if args.objective == "sft" and args.eval_problems:
             task = data.get_task(args.task)
-            res = evaluate_policy(raw.eval(), tok, task, task.load("test")[:args.eval_problems],
+            res = evaluate_policy(model.eval(), tok, task, task.load("test")[:args.eval_problems],
                                   tag=args.tag)
             print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
             atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
@@ -1285,11 +1322,9 @@ def print_quality(report: dict):
               f"{r['false_positive_rate']:>8.3f} {r['false_negative_rate']:>8.3f}")
 
 
-def cmd_label(args) -> int:
-    d = init_distributed(args.device)
-    t0 = time.time()
-    task = data.get_task(args.task)
-    out = Path(args.out)
+def label_models(args: LabelConfig, task, device) -> tuple:
+    """(generator, or None when --solutions are given; completer; their tokenizer), checked to
+    read the same tokens."""
     dtype = DTYPES[args.dtype]
     model_path = args.model or getattr(task, "POLICY_DIR", None)
     if model_path is None:
@@ -1299,14 +1334,46 @@ def cmd_label(args) -> int:
         raise InputError(f"{model_path}: the tiny policy is missing; "
                          f"build it with: {task.POLICY_COMMAND}")
     generator, gen_tok = (None, None) if args.solutions else \
-        load_model(model_path, "--model", dtype, d.device)
+        load_model(model_path, "--model", dtype, device)
     if args.completer is None and generator is not None:
-        completer, tok = generator, gen_tok
-    else:
-        completer, tok = load_model(args.completer or model_path,
-                                    "--completer" if args.completer else "--model", dtype, d.device)
+        return generator, generator, gen_tok
+    completer, tok = load_model(args.completer or model_path,
+                                "--completer" if args.completer else "--model", dtype, device)
     if gen_tok is not None:
         same_tokenizer(gen_tok, tok, "the completer")
+    return generator, completer, tok
+
+
+def label_report(args: LabelConfig, out: Path, stats: dict, seconds: tuple[float, float]):
+    """After labeling: the exports, worked examples, label quality (where the truth is known)
+    and the counts. seconds: (labeling, in all)."""
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for fmt in args.format:
+        if fmt != "records":
+            atomic_write(out.with_suffix(f".{fmt}.jsonl"),
+                         export(records, fmt, args.task, args.export_labels))
+    if args.show:
+        show(records, args.show)
+    audited = [r for r in records if "truth" in r]
+    if audited:
+        report = quality_report(audited, args.num_completions)
+        atomic_write(out.with_suffix(".quality.json"), json.dumps(report, indent=2) + "\n")
+        print_quality(report)
+    work, tokens = max(seconds[0], 1e-9), stats["generated_tokens"]
+    print(f"\nlabeled {stats['problems']} problems, {stats['solutions']} solutions, "
+          f"{stats['steps']} steps ({stats['rollouts']} rollouts); skipped {stats['skipped']}")
+    print(f"tokens: {tokens} generated, {stats['prefill_tokens']} prefilled; "
+          f"{tokens / work:.0f} tok/s, {stats['steps'] / work:.1f} "
+          f"steps labeled/s; {seconds[1]:.1f}s in all")
+    print(f"wrote {out} ({len(records)} records)")
+
+
+def cmd_label(args: LabelConfig) -> int:
+    d = init_distributed(args.device)
+    t0 = time.time()
+    task = data.get_task(args.task)
+    out = Path(args.out)
+    generator, completer, tok = label_models(args, task, d.device)
     labeler = Labeler(args, task, generator, completer, tok, prm_head(tok, args.tag))
     units = label_units(args, task, labeler)
     # the unit of work (see Labeler): --group consecutive problems (or input records)
@@ -1357,27 +1424,8 @@ def cmd_label(args) -> int:
         if d.main:
             merge_shards(out, groups, settings, d.world)
         barrier(d)
-    if not d.main:
-        return 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    for fmt in args.format:
-        if fmt != "records":
-            atomic_write(out.with_suffix(f".{fmt}.jsonl"),
-                         export(records, fmt, args.task, args.export_labels))
-    if args.show:
-        show(records, args.show)
-    audited = [r for r in records if "truth" in r]
-    if audited:
-        report = quality_report(audited, args.num_completions)
-        atomic_write(out.with_suffix(".quality.json"), json.dumps(report, indent=2) + "\n")
-        print_quality(report)
-    tokens = stats["generated_tokens"]
-    print(f"\nlabeled {stats['problems']} problems, {stats['solutions']} solutions, "
-          f"{stats['steps']} steps ({stats['rollouts']} rollouts); skipped {stats['skipped']}")
-    print(f"tokens: {tokens} generated, {stats['prefill_tokens']} prefilled; "
-          f"{tokens / max(work_s, 1e-9):.0f} tok/s, {stats['steps'] / max(work_s, 1e-9):.1f} "
-          f"steps labeled/s; {time.time() - t0:.1f}s in all")
-    print(f"wrote {out} ({len(records)} records)")
+    if d.main:
+        label_report(args, out, stats, (work_s, time.time() - t0))
     return 0
 
 
@@ -1701,7 +1749,7 @@ def graded(task, problem, solutions: list[list[str]], scores: dict) -> dict:
     return out
 
 
-def cmd_verify(args) -> int:
+def cmd_verify(args: VerifyConfig) -> int:
     t0 = time.time()
     task = data.get_task(args.task)
     out = Path(args.out)
