@@ -162,6 +162,11 @@ class Sampler:
         self.state = {k: torch.zeros(max_batch, dtype=dtypes.get(k, torch.long), device=self.device)
                       for k in self.STATE}
         self.buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
+        # one chunk's settings and outputs, set by _chunk for _emit, _step, _compact and _collect
+        self.flags: tuple[bool, bool] = (True, True)  # (sampling, top-k/top-p filtering)
+        self.stop: torch.Tensor | None = None  # stop token ids
+        self.out: tuple | None = None  # (tokens, logprobs, sampling logprobs) by slot and step
+        self.results: list[Completion | None] = []  # by chunk row (n: the padding slots)
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -262,7 +267,7 @@ class Sampler:
         # (a finished row's writes land past its end, and are cut at collect)
         self.out = (torch.zeros(b, T, dtype=torch.long, device=dev), torch.zeros(b, T, device=dev),
                     torch.zeros(b, T, device=dev))
-        self.results: list[Completion | None] = [None] * (n + 1)  # by row; n: the padding slots
+        self.results = [None] * (n + 1)  # by row; n: the padding slots
 
         # the first token of every row comes from the prefill logits
         self._emit(n, 0, *sample(logits, st["temp"][:n], st["top_k"][:n], st["top_p"][:n],

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -1236,9 +1237,9 @@ def show(records: list[dict], k: int):
 class LabelConfig(Common):
     """Automatic process annotation by Monte-Carlo completions (Math-Shepherd §3.3).
 
-For each problem, sample solutions; from the prefix ending at every step sample N completions;
-grade them; label the step hard (Eq. 3: any right) and soft (Eq. 4: fraction right).
-Resumable: rerun the same command to continue."""
+    For each problem, sample solutions; from the prefix ending at every step sample N completions;
+    grade them; label the step hard (Eq. 3: any right) and soft (Eq. 4: fraction right).
+    Resumable: rerun the same command to continue."""
     dtype: str = flag("float32", "weights' dtype", choices=list(DTYPES))
     task: str = flag("synthetic", choices=list(data.TASKS))
     split: str = flag("train", "which problems of the task to label")
@@ -1595,8 +1596,8 @@ def verifier_diagnostics(per_problem: list[dict]) -> dict[str, dict]:
 class VerifyConfig(Signs, Common):
     """Best-of-N reranking with reward models, self-consistency, weighted voting.
 
-Sample S solutions per problem (or read them), score each once with every reward model, and
-report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM."""
+    Sample S solutions per problem (or read them), score each once with every reward model, and
+    report accuracy vs N for SC, ORM, PRM-min/prod/last, SC+ORM, SC+PRM."""
     dtype: str = flag("float32", "weights' dtype", choices=list(DTYPES))
     task: str = flag("synthetic", choices=list(data.TASKS))
     split: str = flag("test")
@@ -1814,7 +1815,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, (config, _) in COMMANDS.items():
         add_flags(sub.add_parser(name, help=config.__doc__.splitlines()[0],
-                                 description=config.__doc__, formatter_class=HelpFormatter), config)
+                                 description=inspect.cleandoc(config.__doc__),
+                                 formatter_class=HelpFormatter), config)
     return p
 
 
