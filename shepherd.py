@@ -59,10 +59,10 @@ def atomic_write(path: str | Path, data: bytes | str):
         tmp.unlink(missing_ok=True)  # a full disk leaves no .tmp file behind
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) pairs; bad JSON or an empty file is an InputError (file and line)."""
+def read_input(path: str | Path) -> list[tuple[int, dict]]:
+    """A user's JSONL file as data.read_jsonl reads it; bad JSON or an empty file is an InputError."""
     try:
-        rows = data.numbered_jsonl(path)
+        rows = data.read_jsonl(path)
     except (ValueError, OSError) as e:
         raise InputError(str(e)) from None
     if not rows:
@@ -353,7 +353,7 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
 def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExample]:
     """Labeled solutions (any format) for PRM/ORM training."""
     out = []
-    for n, rec in read_jsonl(path):
+    for n, rec in read_input(path):
         where = f"{path}:{n}"
         r = parse_solution(rec, where, labels)
         if r.labels is None:
@@ -518,7 +518,7 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
         if args.data:
             rows = [(f"{args.data}:{n}",
                      {k: _text(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
-                    for n, r in read_jsonl(args.data)]
+                    for n, r in read_input(args.data)]
         else:
             task = data.get_task(args.task)
             if not hasattr(task, "sft_records"):
@@ -1036,7 +1036,7 @@ def read_solutions(path: str, task, skip_bad: bool,
                              f"{task.__name__} grader can read")
         return n, r
     records = []
-    for n, rec in read_jsonl(path):  # the whole file is checked before loading the task's problems
+    for n, rec in read_input(path):  # the whole file is checked before loading the task's problems
         try:
             records.append(checked(n, rec))
         except InputError:
@@ -1644,7 +1644,7 @@ def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tu
         by_q = {p.question.strip(): p for p in problems}
         by_id = {p.id: p for p in problems}
         sols = {}
-        for n, rec in read_jsonl(args.solutions):
+        for n, rec in read_input(args.solutions):
             p = by_id.get(rec.get("problem_id")) or by_q.get(str(rec.get("question", "")).strip())
             if p is not None:
                 sols.setdefault(p.id, []).append(_steps(rec, "steps", f"{args.solutions}:{n}"))
@@ -1657,7 +1657,7 @@ def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tu
     elif sol_file.exists() and (out / "config.json").exists() and \
             json.loads((out / "config.json").read_text()).get("sampling") == sampling_key(args):
         sol_steps = {}
-        for _, rec in read_jsonl(sol_file):
+        for _, rec in read_input(sol_file):
             sol_steps.setdefault(rec["problem_id"], []).append(rec["steps"])
         print(f"reusing {sol_file}")
     else:

@@ -81,8 +81,9 @@ def answer_from_text(text: str) -> str | None:
     return (tail if j < 0 else tail[:j]).strip()
 
 
-def numbered_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a bad line raises ValueError naming the file and line."""
+def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line, each of `fields` a string; a bad line raises
+    ValueError naming the file, the line and the field."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -94,16 +95,8 @@ def numbered_jsonl(path) -> list[tuple[int, dict]]:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for name in fields:
+                if not isinstance(row.get(name), str):
+                    raise ValueError(f"{path}:{lineno}: missing or non-string field {name!r}")
             rows.append((lineno, row))
-    return rows
-
-
-def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file whose `fields` are all strings; a bad line raises ValueError naming file, line, field."""
-    rows = []
-    for lineno, row in numbered_jsonl(path):
-        for name in fields:
-            if not isinstance(row.get(name), str):
-                raise ValueError(f"{path}:{lineno}: missing or non-string field {name!r}")
-        rows.append(row)
     return rows

@@ -77,7 +77,7 @@ def load(split: str, path: str | os.PathLike | None = None) -> list[Problem]:
         file = folder / f"{split}.jsonl" if folder.is_dir() else folder
         if not file.exists():
             raise FileNotFoundError(f"GSM8K file not found: {file}")
-        rows = read_jsonl(file, ("question", "answer"))
+        rows = [row for _, row in read_jsonl(file, ("question", "answer"))]
     problems = []
     for i, row in enumerate(rows):
         gold = gold_from_solution(row["answer"])

@@ -52,7 +52,7 @@ def load(split: str = "test", path: str | os.PathLike | None = None) -> list[Pro
     if not file.exists():
         raise FileNotFoundError(f"MATH500 file not found: {file} (set SHEPHERD_MATH_DIR to its folder)")
     problems = []
-    for i, row in enumerate(read_jsonl(file, ("question", "answer"))):
+    for i, (_, row) in enumerate(read_jsonl(file, ("question", "answer"))):
         gold = extract_answer(row["answer"])
         if gold is None:
             raise ValueError(f"{file}: row {i} has no 'The answer is:', '# Answer' or \\boxed answer")
