@@ -4,9 +4,9 @@
     python shepherd.py train    the one training loop: --objective sft | prm | orm
     python shepherd.py verify   best-of-N reranking, self-consistency, PRM-weighted voting
 
-Read top to bottom: small utilities (files, seeds, distributed), label-file formats, training,
-labeling, the CLI. Generation lives in sampler.py, grading in data/, the transformer and the PRM
-head in model.py.
+Read top to bottom: small utilities (files, seeds, distributed, the command-line idiom),
+training, labeling, verification, the CLI. Generation lives in sampler.py, grading and the
+label-file formats in data/, the transformer and the PRM head in model.py.
 """
 from __future__ import annotations
 
@@ -33,13 +33,11 @@ import torch
 import torch.nn.functional as F
 
 import data
+from data.formats import (InputError, StepExample, export, parse_solution, read_input,
+                          read_step_examples, steps_field, text_field)
 from model import DTYPES, ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, tag_positions
 
 ROOT = Path(__file__).resolve().parent
-
-
-class InputError(Exception):
-    """Bad input from the user: printed as one line (file, line, field) and exit code 2."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,17 +55,6 @@ def atomic_write(path: str | Path, data: bytes | str):
         raise OSError(e.errno, e.strerror, str(path)) from None  # the bare error names no file
     finally:
         tmp.unlink(missing_ok=True)  # a full disk leaves no .tmp file behind
-
-
-def read_input(path: str | Path) -> list[tuple[int, dict]]:
-    """A user's JSONL file as data.read_jsonl reads it; bad JSON or an empty file is an InputError."""
-    try:
-        rows = data.read_jsonl(path)
-    except (ValueError, OSError) as e:
-        raise InputError(str(e)) from None
-    if not rows:
-        raise InputError(f"{path}: no records (the file is empty)")
-    return rows
 
 
 def load_model(path, what: str, dtype=torch.float32, device="cpu",
@@ -240,129 +227,6 @@ def progress(iterable=None, d: Dist | None = None, **kw):
 
 
 # ------------------------------------------------------------------------------------------------
-# Label files: our records, Math-Shepherd's jsonl, TRL's stepwise format
-
-
-@dataclass
-class StepExample:
-    """One solution to score or train on: full text (prompt + tagged steps), a label per step."""
-    text: str
-    labels: list[float]  # per step, in [0, 1] (hard labels are 0/1)
-    outcome: float  # the final answer's correctness (ORM target)
-    id: str = ""
-
-
-def _normalise_tags(text: str) -> str:
-    # released data glues tags to the text ('is: 40ки'), but the tag token is ' ки': add the space
-    return re.sub(r"\s*" + data.STEP_TAG, " " + data.STEP_TAG, text)
-
-
-def _kind(v) -> str:
-    return "nothing" if v is None else type(v).__name__
-
-
-def _text(rec: dict, name: str, where: str) -> str:
-    if not isinstance(rec.get(name), str):
-        raise InputError(f"{where}: field {name!r}: expected a string, got {_kind(rec.get(name))}")
-    return rec[name]
-
-
-def _steps(rec: dict, name: str, where: str) -> list[str]:
-    v = rec.get(name)
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise InputError(f"{where}: field {name!r}: expected a list of step strings, got {_kind(v)}")
-    if not [s for s in v if s.strip()]:
-        raise InputError(f"{where}: field {name!r}: the solution has no steps")
-    return [s.strip() for s in v]
-
-
-def _labels(rec: dict, name: str, where: str, n: int) -> list[float]:
-    v = rec.get(name)
-    if not isinstance(v, list) or not all(
-            isinstance(x, (bool, int, float)) and 0 <= x <= 1 for x in v):
-        raise InputError(f"{where}: field {name!r}: expected a list of labels in [0, 1] "
-                         f"(booleans or numbers)")
-    if len(v) != n:
-        raise InputError(f"{where}: field {name!r}: {len(v)} labels for {n} steps")
-    return [float(x) for x in v]
-
-
-@dataclass
-class Record:
-    """One solution read from a file, whatever its format."""
-    question: str
-    steps: list[str]
-    text: str  # what a reward model reads: the prompt, then the steps with their tags
-    labels: list[float] | None  # per step, in [0, 1]; None when the record has none
-    outcome: float | None  # the final answer's correctness (the ORM's target)
-    gold: str | None
-    id: str | None
-
-
-def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
-    """Any of the three formats, told apart by their fields, every field type-checked:
-    Math-Shepherd {'input': '... ки ... ки', 'label': the input with each ки replaced by + or -},
-    TRL's stepwise {'prompt', 'completions': [step, ...], 'labels': [bool or float, ...]},
-    and our `label` records {'question', 'steps', 'hard', 'soft', 'correct'}."""
-    if "input" in rec:
-        text = _text(rec, "input", where)
-        cut = re.search(r"\s*Step 1:", text)
-        question = text[:cut.start()] if cut else text.split("\n", 1)[0]
-        if data.STEP_TAG not in text[len(question):]:
-            raise InputError(f"{where}: field 'input': no step tag {data.STEP_TAG!r}")
-        steps, ys = data.split_steps(text[len(question):]), None
-        if "label" in rec:  # the input with each tag replaced by + or -: walk both in step
-            label, ys, pos = _text(rec, "label", where), [], 0
-            for k, part in enumerate(text.split(data.STEP_TAG)[:-1]):
-                if label[pos:pos + len(part)] != part or \
-                        label[pos + len(part):pos + len(part) + 1] not in ("+", "-"):
-                    raise InputError(f"{where}: field 'label' is not field 'input' with step "
-                                     f"{k + 1}'s tag replaced by + or -")
-                pos += len(part)
-                ys.append(1.0 if label[pos] == "+" else 0.0)
-                pos += 1
-            ys = ys[question.count(data.STEP_TAG):]  # real questions can contain ки: no steps
-            if len(ys) != len(steps):
-                raise InputError(f"{where}: field 'input': {len(steps)} steps but {len(ys)} tags "
-                                 f"after the question")
-        text, outcome = question + _normalise_tags(text[len(question):]), None  # question verbatim
-    elif "prompt" in rec or "completions" in rec:
-        question, steps = _text(rec, "prompt", where), _steps(rec, "completions", where)
-        ys = _labels(rec, "labels", where, len(steps)) if "labels" in rec else None
-        text, outcome = data.format_prompt(question) + data.join_steps(steps), None
-    elif "question" in rec or "steps" in rec:
-        question, steps = _text(rec, "question", where), _steps(rec, "steps", where)
-        ys = _labels(rec, labels, where, len(steps)) if labels in rec else None
-        outcome = rec.get("correct")
-        if outcome is not None and outcome not in (0, 1):  # True, False, 0, 1
-            raise InputError(f"{where}: field 'correct': expected true or false, got {outcome!r}")
-        text = data.format_prompt(question) + data.join_steps(steps)
-    else:
-        raise InputError(f"{where}: expected fields input [+ label] (Math-Shepherd), prompt + "
-                         f"completions [+ labels] (stepwise) or question + steps (label records)")
-    gold = rec.get("gold", rec.get("answer"))
-    if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
-        raise InputError(f"{where}: field 'gold': expected the final answer as a string or number, "
-                         f"got {_kind(gold)}")
-    rid = rec.get("id")
-    return Record(question, steps, text, ys,
-                  float(outcome) if outcome is not None else ys[-1] if ys else None,
-                  None if gold is None else str(gold), None if rid is None else str(rid))
-
-
-def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExample]:
-    """Labeled solutions (any format) for PRM/ORM training."""
-    out = []
-    for n, rec in read_input(path):
-        where = f"{path}:{n}"
-        r = parse_solution(rec, where, labels)
-        if r.labels is None:
-            raise InputError(f"{where}: no step labels (expected field 'label', 'labels' or {labels!r})")
-        out.append(StepExample(r.text, r.labels, r.outcome, r.id or ""))
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
 # Training: one loop for every objective
 
 
@@ -517,7 +381,7 @@ def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[t
     if args.objective == "sft":
         if args.data:
             rows = [(f"{args.data}:{n}",
-                     {k: _text(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
+                     {k: text_field(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
                     for n, r in read_input(args.data)]
         else:
             task = data.get_task(args.task)
@@ -1169,31 +1033,6 @@ def checkpoint_digest(folder) -> str:
     return h.hexdigest()[:16]
 
 
-RELEASED_TASK_NAMES = {"gsm8k": "GSM8K", "math": "MATH"}  # as the released data spells them
-
-
-def export(records: list[dict], fmt: str, task_name: str, labels: str) -> str:
-    """Math-Shepherd's jsonl (tags replaced by +/- in 'label') or TRL's stepwise records with
-    `labels` (hard, soft or soft-threshold: see --export-labels)."""
-    lines = []
-    for r in records:
-        # drop a stepwise input's own 'Step k:' prefixes
-        steps = [re.sub(r"^\s*Step \d+:\s*", "", s) for s in r["steps"]]
-        if fmt == "math-shepherd":
-            body = [f"Step {i + 1}: {s} " for i, s in enumerate(steps)]
-            mark = ["+" if y else "-" for y in r["hard"]]
-            lines.append({"input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
-                          "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
-                          "task": RELEASED_TASK_NAMES.get(task_name, task_name),
-                          "gold": r["gold"]})  # gold: an extra field
-        else:
-            ys = {"hard": [bool(y) for y in r["hard"]], "soft": r["soft"],
-                  "soft-threshold": [y >= 0.5 for y in r["soft"]]}[labels]
-            lines.append({"prompt": r["question"], "completions": r["steps"], "labels": ys,
-                          "gold": r["gold"]})
-    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
-
-
 def quality_report(records: list[dict], max_n: int) -> dict:
     """Label accuracy against the exact step truth (the synthetic world), for N = 1, 2, 4, ...
     completions: the analogue of Math-Shepherd Table 4 / §5.2. Steps with rollouts only (the last
@@ -1647,7 +1486,7 @@ def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tu
         for n, rec in read_input(args.solutions):
             p = by_id.get(rec.get("problem_id")) or by_q.get(str(rec.get("question", "")).strip())
             if p is not None:
-                sols.setdefault(p.id, []).append(_steps(rec, "steps", f"{args.solutions}:{n}"))
+                sols.setdefault(p.id, []).append(steps_field(rec, "steps", f"{args.solutions}:{n}"))
         problems = [p for p in problems if p.id in sols]
         if not problems:
             raise InputError(f"{args.solutions}: no record's problem_id or question is one of the "

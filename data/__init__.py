@@ -13,6 +13,9 @@ step tag " ки", the last one "The answer is: X ки".  Example (one step per l
     3 * 4 = 12 ки
     12 - 5 = 7 ки
     The answer is: 7 ки
+
+Label files (our records, Math-Shepherd's jsonl, TRL's stepwise records) are read and written by
+data/formats.py.
 """
 from __future__ import annotations
 
