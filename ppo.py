@@ -37,8 +37,8 @@ from data import synthetic
 import shepherd
 from model import DTYPES, PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
 from sampler import Sampler
-from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, InputError, barrier, flag,
-                      init_distributed, lr_at, seed_for)
+from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, InputError, barrier,
+                      flag, init_distributed, lr_at, seed_for)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -54,7 +54,8 @@ class Config(Common):
                        "PRM (tasks with step_truth: diagnosis)", choices=["prm", "orm", "truth"])
     reward_model: str = flag("", "reward model checkpoint; default: built (labels from the "
                              "policy, fine-tuned from --rm-base) and cached in runs/ppo-rm/")
-    out: str = flag("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, eval.json")
+    out: str = flag("runs/ppo", "folder for checkpoint/ (Hugging Face layout), log.jsonl, "
+                    "eval.json")
     restart: bool = flag(False, "ignore a checkpoint in --out")
     iterations: int = flag(30, "rollout + update rounds", type=POSITIVE)
     batch_size: int = flag(128, "prompts per iteration (global), one sampled response each",

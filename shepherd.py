@@ -172,7 +172,8 @@ class Common:  # every command's flags
     tag: str = flag(data.STEP_TAG, "step tag, as written after a space; one token or several "
                     "(then read at its last token)")
     seed: int = flag(0, "every seed derives from this (and a record's id)")
-    device: str | None = flag(None, "cpu, cuda or cuda:N (None: cuda if available)", type=device_arg)
+    device: str | None = flag(None, "cpu, cuda or cuda:N (None: cuda if available)",
+                              type=device_arg)
 
 
 @dataclass
@@ -438,10 +439,12 @@ def scratch_dir(path) -> bool:
 class TrainConfig(Signs, Common):
     """Train a policy (sft), a process reward model (prm) or an outcome reward model (orm)."""
     objective: str = flag("sft", "sft: next-token loss on responses; prm: BCE at every step tag "
-                          "(Eq. 2); orm: BCE at the last tag (Eq. 1)", choices=["sft", "prm", "orm"])
+                          "(Eq. 2); orm: BCE at the last tag (Eq. 1)",
+                          choices=["sft", "prm", "orm"])
     model: str = flag("scratch", "checkpoint folder or hub repo id to start from, or 'scratch'")
     scratch_size: str = flag("tiny", "model size with --model scratch", choices=list(SCRATCH_SIZES))
-    task: str = flag("synthetic", "task (SFT records; tokenizer for scratch)", choices=list(data.TASKS))
+    task: str = flag("synthetic", "task (SFT records; tokenizer for scratch)",
+                     choices=list(data.TASKS))
     data: str | None = flag(None, "JSONL: sft {prompt, response}; prm/orm: label records, "
                             "Math-Shepherd or stepwise")
     labels: str = flag("hard", "which labels of label records to fit", choices=["hard", "soft"])
@@ -614,7 +617,8 @@ class Trainer:
         total = 0.0
         for micro in range(a.grad_accum):
             with self.amp:
-                mine = batch_indices(step, micro, len(self.train), a.batch_size, a.seed, d, per_rank)
+                mine = batch_indices(step, micro, len(self.train), a.batch_size, a.seed, d,
+                                     per_rank)
                 batch = collate([self.train[i] for i in mine], self.tok.pad_id, d.device, pack)
                 loss, _, _ = objective_loss(self.ddp, batch, a.objective, self.head)
             (loss / a.grad_accum).backward()
@@ -666,7 +670,8 @@ def cmd_train(args: TrainConfig) -> int:
     state_file = out / "trainer_state.pt"
     state = train_state(out, args.restart)
     if state == "done":
-        print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
+        print(f"{out}: training already finished (trainer_state.json); "
+              f"pass --restart to train again")
         return 0
     resume = state == "resume"
     settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
@@ -1452,7 +1457,8 @@ class VerifyConfig(Signs, Common):
     orm: list | None = flag(None, "an outcome reward model (repeatable)", action="append",
                             metavar="[NAME=]PATH")
     rm_format: str = flag("shepherd", "input layout the reward models were trained on "
-                          "(math-shepherd: the released PRM's)", choices=["shepherd", "math-shepherd"])
+                          "(math-shepherd: the released PRM's)",
+                          choices=["shepherd", "math-shepherd"])
     subsets: int = flag(100, "random subsets per N", type=POSITIVE)
     batch_size: int = flag(64, type=POSITIVE)
     out: str = flag("runs/verify")
