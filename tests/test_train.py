@@ -64,6 +64,20 @@ def test_resume_continues_with_the_same_optimizer_state(tmp_path, monkeypatch):
     assert losses_b == losses_a
 
 
+def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, capsys):
+    args = ["train", "--objective", "sft", "--num-examples", "64", "--batch-size", "8", "--steps", "2",
+            "--eval-every", "100", "--warmup", "1", "--eval-problems", "0", "--out", str(tmp_path / "m")]
+    assert shepherd.main(args) == 0
+    weights = tmp_path / "m" / "model.safetensors"
+    before, log = weights.stat().st_mtime_ns, log_of(tmp_path / "m")
+    capsys.readouterr()
+    assert shepherd.main(args) == 0
+    assert "training already finished" in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns == before and log_of(tmp_path / "m") == log  # nothing rewritten
+    assert shepherd.main(args + ["--restart", "--steps", "3"]) == 0
+    assert json.loads((tmp_path / "m" / "trainer_state.json").read_text())["step"] == 3
+
+
 def _tiny(tok_dir):
     torch.manual_seed(0)
     tok = Tokenizer(tok_dir)
