@@ -161,7 +161,7 @@ def add_flags(parser: argparse.ArgumentParser, config: type):
     for f in fields(config):
         kw = dict(f.metadata)
         if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+            kw["action"] = argparse.BooleanOptionalAction  # --x and --no-x
         elif type(f.default) in (int, float):
             kw.setdefault("type", type(f.default))
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)

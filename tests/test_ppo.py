@@ -511,3 +511,10 @@ def test_under_autocast_the_reference_computes_exactly_as_the_policy(world, tmp_
     with M.amp:
         kl = (ppo.token_logprobs(M.policy, g, 0.7)[0] - ppo.token_logprobs(bf16, g, 0.7)[0])[g["mask"]]
     assert kl.abs().max() > 1e-4
+
+
+def test_switches_take_a_no_form_on_both_command_lines():
+    """add_flags makes every bool a --x / --no-x switch (ppo.py's switches always had the --no- form)."""
+    assert ppo.parse_args(["--fsdp", "--no-fsdp"]).fsdp is False and ppo.parse_args(["--quiet"]).quiet is True
+    ns = shepherd.build_parser().parse_args(["train", "--out", "o", "--untie", "--no-pack"])
+    assert ns.untie is True and ns.pack is False and ns.restart is False
