@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 import torch.nn as nn
@@ -230,24 +231,41 @@ def unwrap(model: nn.Module) -> nn.Module:
 # The token grid
 
 
+class Grid(TypedDict, total=False):
+    """A batch on the token grid (module docstring): (B, S) ids, the rest (B, R)."""
+    ids: torch.Tensor  # prompt + response, right-padded
+    act: torch.Tensor  # response token k
+    pos: torch.Tensor  # the position whose logits predict it
+    mask: torch.Tensor  # whether it exists
+    # build_batch adds the rollout's tensors and what PPO computes from them
+    old_lp: torch.Tensor  # log pi_old(act)
+    ref_lp: torch.Tensor  # log pi_ref(act)
+    value: torch.Tensor  # V_old(s_k)
+    score: torch.Tensor  # the reward model's part of the reward (score_rewards)
+    rewards: torch.Tensor  # score - beta KL (total_rewards)
+    kl: torch.Tensor  # log pi_old - log pi_ref
+    adv: torch.Tensor  # whitened GAE advantages
+    returns: torch.Tensor  # the value targets
+
+
 def pad_rows(rows: list[list], value, dtype, device, width: int | None = None) -> torch.Tensor:
     width = width or max(len(r) for r in rows)
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=dtype, device=device)
 
 
-def make_grid(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device) -> dict:
-    """ids (B, S) right-padded prompt + response; on the response grid (B, R): act, pos, mask.
-    Masks come from lengths, never ids == pad: the pad id need only differ from EOS and the tag."""
+def make_grid(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device) -> Grid:
+    """ids, act, pos and mask. Masks come from lengths, never ids == pad: the pad id need only differ
+    from EOS and the tag."""
     P = torch.tensor([len(p) for p in prompts], device=device)
     L = torch.tensor([len(r) for r in responses], device=device)
     k = torch.arange(int(L.max()), device=device)
     mask = k[None] < L[:, None]
     pos = torch.where(mask, P[:, None] - 1 + k[None], P[:, None] - 1)  # padding: a real position
-    return {"ids": pad_rows([p + r for p, r in zip(prompts, responses)], pad_id, torch.long, device),
-            "act": pad_rows(responses, pad_id, torch.long, device), "pos": pos, "mask": mask}
+    return Grid(ids=pad_rows([p + r for p, r in zip(prompts, responses)], pad_id, torch.long, device),
+                act=pad_rows(responses, pad_id, torch.long, device), pos=pos, mask=mask)
 
 
-def token_logprobs(model: nn.Module, g: dict, temperature: float, entropy: bool = False):
+def token_logprobs(model: nn.Module, g: Grid, temperature: float, entropy: bool = False):
     """log pi(act_k | prefix) on the response grid (B, R), from ONE forward over prompt + response,
     and the policy's entropy there. Only the hidden states at grid positions meet the LM head."""
     hidden = model(g["ids"], return_hidden=True)
@@ -258,13 +276,13 @@ def token_logprobs(model: nn.Module, g: dict, temperature: float, entropy: bool 
     return lp, ent
 
 
-def step_probs(rm: nn.Module, g: dict, head: PRMHead) -> torch.Tensor:
+def step_probs(rm: nn.Module, g: Grid, head: PRMHead) -> torch.Tensor:
     """The reward model's p(+) = softmax([l+, l-])[0] read AT each response token (its own position,
     pos + 1): at a tag, that step's score, where shepherd.py trained it (model.step_logits)."""
     return step_logits(rm, g["ids"], head).softmax(-1)[..., 0].gather(1, g["pos"] + 1)
 
 
-def grid_values(critic: nn.Module, g: dict) -> torch.Tensor:
+def grid_values(critic: nn.Module, g: Grid) -> torch.Tensor:
     return critic(g["ids"]).gather(1, g["pos"])  # V(s_k): the prefix before response token k
 
 
@@ -463,8 +481,25 @@ class Timer(dict):  # seconds per phase of an iteration: with timer("generate"):
         self[name] = self.get(name, 0.0) + time.perf_counter() - t
 
 
+class Rollout(TypedDict):
+    """One sampled response and what scoring made of it; per-token lists run over the response."""
+    prompt: list[int]
+    response: list[int]
+    old_lp: list[float]  # log pi_old, by the update's own forward
+    ref_lp: list[float]
+    value: list[float]
+    score: list[float]  # score_rewards' row
+    sampler_lp: list[float]  # the sampler's log-probs: a check on old_lp
+    finish: str  # "stop" or "length"
+    answered: bool
+    correct: bool
+    steps: int
+    process_ok: bool | None  # every step true (tasks with step truth)
+    step_scores: list[float]  # the reward model's p(+) per step
+
+
 @torch.no_grad()
-def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, timer) -> list[dict]:
+def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, timer) -> list[Rollout]:
     """This rank's problems -> one response each, with per-token old/ref log-probs, values and
     reward-model score. Row seeds derive from (seed, iteration, problem id): the same rollouts on
     any number of ranks, and on resume."""
@@ -498,17 +533,17 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, timer) ->
     for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
         n, texts_b = len(o.tokens), [" ".join(data.split_steps(decode(o.tokens[f:l + 1])))
                                      for f, l in steps[b]]
-        rows.append({"prompt": prompts[b], "response": o.tokens, "old_lp": old_lp[b, :n].tolist(),
-                     "ref_lp": ref_lp[b, :n].tolist(), "value": values[b, :n].tolist(),
-                     "score": score[b, :n].tolist(), "sampler_lp": o.sampling_logprobs,
-                     "finish": o.finish_reason, "answered": bool(answered[b]),
-                     "correct": task.grade(text, p.answer), "steps": len(steps[b]),
-                     "process_ok": all(task.step_truth(p, texts_b)) if truth and steps[b] else None,
-                     "step_scores": [p_end[b, last].item() for _, last in steps[b]]})
+        rows.append(Rollout(
+            prompt=prompts[b], response=o.tokens, old_lp=old_lp[b, :n].tolist(),
+            ref_lp=ref_lp[b, :n].tolist(), value=values[b, :n].tolist(),
+            score=score[b, :n].tolist(), sampler_lp=o.sampling_logprobs, finish=o.finish_reason,
+            answered=bool(answered[b]), correct=task.grade(text, p.answer), steps=len(steps[b]),
+            process_ok=all(task.step_truth(p, texts_b)) if truth and steps[b] else None,
+            step_scores=[p_end[b, last].item() for _, last in steps[b]]))
     return rows
 
 
-def gather_rows(rows: list[dict], d: Dist) -> list[dict]:
+def gather_rows(rows: list[Rollout], d: Dist) -> list[Rollout]:
     """Every rank gets every row (ids and floats: small), in global order: ranks hold contiguous
     slices of the prompts, so the batch and its minibatches are exactly the one-process ones."""
     parts = [rows] * d.world
@@ -517,7 +552,7 @@ def gather_rows(rows: list[dict], d: Dist) -> list[dict]:
     return [r for part in parts for r in part]
 
 
-def build_batch(cfg: Config, rows: list[dict], M) -> dict:
+def build_batch(cfg: Config, rows: list[Rollout], M) -> Grid:
     """Global batch on this rank: grid, rollout tensors, rewards, whitened advantages, returns."""
     g = make_grid([r["prompt"] for r in rows], [r["response"] for r in rows], M.pad_id, M.device)
     R = g["mask"].shape[1]
@@ -536,7 +571,7 @@ def build_batch(cfg: Config, rows: list[dict], M) -> dict:
 # One update: epochs x shuffled minibatches; each rank takes its share of every minibatch
 
 
-def rows_of(g: dict, idx: torch.Tensor) -> dict:
+def rows_of(g: Grid, idx: torch.Tensor) -> Grid:
     """Rows idx of a batch, trimmed to their own longest sequence and response."""
     # a row's last pos is prompt + response - 2
     S, R = int(g["pos"][idx].max()) + 2, int(g["mask"][idx].sum(1).max())
@@ -554,7 +589,7 @@ def sync_gradients(M, on: bool):
             model.set_requires_gradient_sync(on)
 
 
-def update(cfg: Config, it: int, g: dict, M, d: Dist) -> dict:
+def update(cfg: Config, it: int, g: Grid, M, d: Dist) -> dict:
     B, mb = g["ids"].shape[0], cfg.minibatch_size
     per_rank = mb // d.world
     steps_per_it = cfg.epochs * (B // mb)
@@ -791,7 +826,7 @@ def setup(cfg: Config, d: Dist):
     return M, start
 
 
-def summarize(rows: list[dict], g: dict) -> dict:
+def summarize(rows: list[Rollout], g: Grid) -> dict:
     """What to watch: reward, KL, length and steps per response (step rewards invite more steps)."""
     n, m = len(rows), g["mask"]
     scores = [s for r in rows for s in r["step_scores"]]
@@ -847,6 +882,17 @@ def test_accuracy(cfg: Config, M, sampler: Sampler, d: Dist):
               f"checkpoint in {Path(cfg.out) / 'checkpoint'}")
 
 
+def report(stats: dict, log, bar):
+    """An iteration's record: a line of log.jsonl, the bar's postfix, printed at an evaluation."""
+    log.write(json.dumps(stats) + "\n")
+    log.flush()
+    bar.set_postfix(score=f"{stats['reward/score']:.3f}", kl=f"{stats['policy/kl']:.3f}",
+                    steps=f"{stats['rollout/steps']:.2f}", acc=f"{stats['rollout/accuracy']:.2f}")
+    if "eval/greedy_accuracy" in stats:  # .4g: an lr of 3e-6 must not print as 0.0
+        bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
+                              for k, v in stats.items()}))
+
+
 def main(argv=None) -> int:
     return shepherd.run_cli(run, argv, "the same command resumes from the last checkpoint")
 
@@ -898,14 +944,7 @@ def run(argv=None) -> int:
         if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
             stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, val, d)
         if d.main:
-            log.write(json.dumps(stats) + "\n")
-            log.flush()
-            bar.set_postfix(score=f"{stats['reward/score']:.3f}", kl=f"{stats['policy/kl']:.3f}",
-                            steps=f"{stats['rollout/steps']:.2f}",
-                            acc=f"{stats['rollout/accuracy']:.2f}")
-            if "eval/greedy_accuracy" in stats:  # .4g: an lr of 3e-6 must not print as 0.0
-                bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
-                                      for k, v in stats.items()}))
+            report(stats, log, bar)
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save_checkpoint(cfg, it + 1, M, d)
     test_accuracy(cfg, M, sampler, d)

@@ -595,11 +595,30 @@ class Trainer:
     ddp: torch.nn.Module  # what forward/backward run through: the model, or its DDP wrapper
     opt: torch.optim.Optimizer
     tok: Tokenizer
+    tok_dir: Path  # saved with every checkpoint
     head: PRMHead | None
     train: list[Example]
     held: list[Example]
     amp: contextlib.AbstractContextManager  # bf16 autocast on CUDA, else off
-    state_file: Path  # the last checkpoint's trainer state, if one was saved
+    settings: dict  # what a resume must match
+    start: int  # the first step: > 0 when resuming
+
+    @property
+    def state_file(self) -> Path:  # the last checkpoint's trainer state, if one was saved
+        return Path(self.args.out) / "trainer_state.pt"
+
+    def test_policy(self):
+        """An SFT run's greedy test accuracy, printed and written beside the checkpoint."""
+        a, out = self.args, Path(self.args.out)
+        task = data.get_task(a.task)
+        res = evaluate_policy(self.model.eval(), self.tok, task,
+                              task.load("test")[:a.eval_problems], tag=a.tag)
+        print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
+        atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
+
+    def save(self, step: int, done: bool = False):
+        save_train_checkpoint(self.model, Path(self.args.out), self.tok_dir,
+                              None if done else self.opt, step, self.settings)
 
     def evaluate(self) -> dict:
         a = self.args
@@ -663,89 +682,93 @@ def print_record(rec: dict, write=print):
     write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
 
 
-def cmd_train(args: TrainConfig) -> int:
-    d = init_distributed(args.device)
-    torch.manual_seed(args.seed)
+def make_trainer(args: TrainConfig, d: Dist, resume: bool) -> Trainer:
+    """Everything training needs, validated before the first byte is written: the model (resumed,
+    loaded or fresh), its examples, the optimizer (its state when resuming)."""
     out = Path(args.out)
-    state_file = out / "trainer_state.pt"
-    state = train_state(out, args.restart)
-    if state == "done":
-        print(f"{out}: training already finished (trainer_state.json); "
-              f"pass --restart to train again")
-        return 0
-    resume = state == "resume"
+    if args.batch_size % (d.world * args.grad_accum):
+        raise InputError(f"--batch-size {args.batch_size} must be a multiple of "
+                         f"world size x --grad-accum")
     settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
     settings["data_digest"] = args.data and Path(args.data).is_file() and file_digest(args.data)
     model, tok, tok_dir = train_start(args, out, resume)
     head = prm_head(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
     model = model.to(d.device).float() if d.device == "cpu" else model.to(d.device)
-    train, held = train_examples(args, tok, head, model.config.max_position_embeddings)
+    try:
+        train, held = train_examples(args, tok, head, model.config.max_position_embeddings)
+    except InputError:  # a bad input leaves nothing behind, a scratch tokenizer included
+        if scratch_dir(tok_dir):
+            shutil.rmtree(tok_dir, ignore_errors=True)
+        raise
     opt = adamw(model, args.lr, args.weight_decay)
-    step = 0
+    start = 0
     if resume:
-        st = torch.load(state_file, map_location="cpu", weights_only=True)
-        check_settings(state_file, st.get("settings"), settings)
+        st = torch.load(out / "trainer_state.pt", map_location="cpu", weights_only=True)
+        check_settings(out / "trainer_state.pt", st.get("settings"), settings)
         opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        if d.main:
-            print(f"resuming {out} at step {step}")
-    if args.batch_size % (d.world * args.grad_accum):
-        raise InputError(f"--batch-size {args.batch_size} must be a multiple of "
-                         f"world size x --grad-accum")
+        start = int(st["step"])
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda")
            else torch.autocast("cpu", enabled=False))
-    T = Trainer(args, d, model, torch.nn.parallel.DistributedDataParallel(model)
-                if d.world > 1 else model, opt, tok, head, train, held, amp, state_file)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    return Trainer(args, d, model, ddp, opt, tok, tok_dir, head, train, held, amp, settings, start)
+
+
+def cmd_train(args: TrainConfig) -> int:
+    d = init_distributed(args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    state = train_state(out, args.restart)
+    if state == "done":
+        print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
+        return 0
+    T = make_trainer(args, d, state == "resume")
+    if T.start and d.main:
+        print(f"resuming {out} at step {T.start}")
     # the first byte written: everything above is validation
-    log = (open_log(out.parent / f"{out.name}.log.jsonl", step if resume else None, "step")
+    log = (open_log(out.parent / f"{out.name}.log.jsonl", T.start or None, "step")
            if d.main else None)
     bar = None
     try:
-        if step == 0 and held:  # where we start from, for comparison
+        if T.start == 0 and T.held:  # where we start from, for comparison
             rec = {"step": 0, **T.evaluate()}
             if log:
                 log.write(json.dumps(rec) + "\n")
             if d.main:
                 print_record(rec)
         T.ddp.train()
-        bar = progress(range(step, args.steps), d, desc=f"train {args.objective}", initial=step,
-                       total=args.steps)
+        bar = progress(range(T.start, args.steps), d, desc=f"train {args.objective}",
+                       initial=T.start, total=args.steps)
         t0 = time.time()
         for step in bar:
             rec = {**T.step(step), "time": time.time() - t0}
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-                rec.update(T.evaluate() if held else {})
+                rec.update(T.evaluate() if T.held else {})
                 print_record(rec, bar.write)
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if (step + 1) % args.save_every == 0 and step + 1 < args.steps and d.main:
-                save_train_checkpoint(model, out, tok_dir, opt, step + 1, settings)
+                T.save(step + 1)
         if d.main:
-            save_train_checkpoint(model, out, tok_dir, None, args.steps, settings)
+            T.save(args.steps, done=True)
     except BaseException:  # no checkpoint, no log: a run that saved nothing leaves nothing
         if bar is not None:
             bar.close()  # the error then starts a line of its own
         if log:
             log.close()
-            if not state_file.exists():
+            if not T.state_file.exists():
                 Path(log.name).unlink(missing_ok=True)
-        if scratch_dir(tok_dir):
-            shutil.rmtree(tok_dir, ignore_errors=True)
         raise
+    finally:
+        if scratch_dir(T.tok_dir):  # the tokenizer now lives in the checkpoint (or nowhere)
+            shutil.rmtree(T.tok_dir, ignore_errors=True)
     barrier(d)
-    if scratch_dir(tok_dir):
-        shutil.rmtree(tok_dir, ignore_errors=True)  # the tokenizer now lives in the checkpoint
     if d.main:
-        print(f"saved {out} ({model.num_params():,} parameters, {args.steps} steps, "
+        print(f"saved {out} ({T.model.num_params():,} parameters, {args.steps} steps, "
               f"{time.time() - t0:.0f}s)")
         if args.objective == "sft" and args.eval_problems:
-            task = data.get_task(args.task)
-            res = evaluate_policy(model.eval(), tok, task, task.load("test")[:args.eval_problems],
-                                  tag=args.tag)
-            print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
-            atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
+            T.test_policy()
     return 0
 
 
@@ -1138,9 +1161,29 @@ def label_units(args, task, labeler) -> list[tuple]:
     return fits
 
 
-def merge_shards(out: Path, groups: list, settings: dict, world: int):
+def check_label_out(args, out: Path, world: int):
+    """--out is not the input, and under torchrun it is a label output or nothing yet."""
+    if args.solutions and Path(args.solutions).resolve() == out.resolve():
+        raise InputError(f"{out}: --out is the --solutions input; choose another --out")
+    if world > 1 and (out.is_dir() or (
+            out.exists() and not (out.parent / f".{out.name}.progress").exists())):
+        raise InputError(f"{out}: --out exists and is not a label output; "
+                         f"remove it or choose another --out")
+
+
+def merge_shards(out: Path, groups: list, settings: dict, stats: dict, d: Dist) -> dict:
     """torchrun label: rank 0 merges the ranks' shards into --out in the single-process order,
-    with the progress sidecar a single process would have left."""
+    with the progress sidecar a single process would have left. Returns the summed counts."""
+    gathered = [None] * d.world
+    torch.distributed.all_gather_object(gathered, stats)
+    barrier(d)
+    if d.main:
+        write_merged(out, groups, settings, d.world)
+    barrier(d)
+    return {k: sum(g[k] for g in gathered) for k in stats}
+
+
+def write_merged(out: Path, groups: list, settings: dict, world: int):
     by_unit = {}
     for r in range(world):
         part = out.parent / f".{out.name}.rank{r}-of-{world}"
@@ -1225,12 +1268,7 @@ def cmd_label(args: LabelConfig) -> int:
     groups = [units[i:i + args.group] for i in range(0, len(units), args.group)]
     mine = groups[d.rank::d.world]  # a disjoint shard of units per rank
     shard = out if d.world == 1 else out.parent / f".{out.name}.rank{d.rank}-of-{d.world}"
-    if args.solutions and Path(args.solutions).resolve() == out.resolve():
-        raise InputError(f"{out}: --out is the --solutions input; choose another --out")
-    if d.world > 1 and (out.is_dir() or (
-            out.exists() and not (out.parent / f".{out.name}.progress").exists())):
-        raise InputError(f"{out}: --out exists and is not a label output; "
-                         f"remove it or choose another --out")
+    check_label_out(args, out, d.world)
     settings = {k: getattr(args, k) for k in LABEL_SETTINGS}
     settings.update(
         generator_digest=None if generator is None else checkpoint_digest(generator.source_dir),
@@ -1261,14 +1299,7 @@ def cmd_label(args: LabelConfig) -> int:
     work_s = time.time() - t_work
     stats = labeler.stats
     if d.world > 1:  # rank 0 merges the shards in the single-process order
-        import torch.distributed as dist
-        gathered = [None] * d.world
-        dist.all_gather_object(gathered, stats)
-        stats = {k: sum(g[k] for g in gathered) for k in stats}
-        barrier(d)
-        if d.main:
-            merge_shards(out, groups, settings, d.world)
-        barrier(d)
+        stats = merge_shards(out, groups, settings, stats, d)
     if d.main:
         label_report(args, out, stats, (work_s, time.time() - t0))
     return 0

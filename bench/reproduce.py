@@ -375,7 +375,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="folder for every stage's output and report.md")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--quick", action="store_true", help="small sizes, the same code path (a few minutes)")
-    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override a size (see Sizes)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                   help="override sizes (see Sizes); repeats add up")
     p.add_argument("--policy", default=synthetic.POLICY_DIR, help="the policy (generator, completer, PPO start)")
     p.add_argument("--verifier", default=synthetic.VERIFIER_DIR, help="the base the reward models are fine-tuned from")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side")

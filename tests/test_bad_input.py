@@ -128,6 +128,8 @@ CASES = [
     ("ms-label-mismatch", '{"input": "Q Step 1: 1 + 1 = 2 ки", "label": "Q Step 1: 1 + 1 = 3 +"}\n', TRAIN,
      "{in}:1: field 'label' is not field 'input' with step 1's tag replaced by + or -"),
     ("train-empty", "", TRAIN, "{in}: no records"),
+    ("train-batch-split", rec(), TRAIN + ["--batch-size", "5", "--grad-accum", "2"],
+     "--batch-size 5 must be a multiple of world size x --grad-accum"),
     ("sft-response-number", '{"prompt": "Q", "response": 7}\n', ["train", "--data", "{in}", "--out", "{out}/sft"],
      "{in}:1: field 'response': expected a string, got int"),
     ("train-out-is-a-checkpoint", rec(), TRAIN[:-4] + ["--out", "{ck:foreign}", "--steps", "1"],
@@ -402,3 +404,15 @@ def test_a_nan_loss_at_step_0_names_no_checkpoint_and_leaves_nothing(tmp_path, c
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not BAR.search(line)]
     assert len(err) == 1 and "loss is nan at step 0" in err[0] and "no checkpoint was saved" in err[0], err
     assert files_under(tmp_path) == []
+
+
+def test_bad_data_for_a_scratch_model_leaves_no_scratch_tokenizer(tmp_path, capsys, monkeypatch):
+    """A model trained from scratch builds its tokenizer in a temp folder first: a bad --data removes it too."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "in.jsonl").write_text(rec(steps=[]) + "\n")
+    assert shepherd.main(["train", "--data", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'in.jsonl'}:1")
+    assert files_under(tmp_path / "tmp") == [] and not list((tmp_path / "tmp").iterdir())
+    assert not (tmp_path / "m").exists()

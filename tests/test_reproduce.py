@@ -53,6 +53,11 @@ def test_tiny_reproduction_writes_every_table_and_resumes(tmp_path, monkeypatch)
     assert ran == [("seed0", "verify")]
 
 
+def test_set_overrides_add_up_across_repeats():
+    z = reproduce.sizes_of(reproduce.parse_args(["--out", "x", "--set", "rm_steps=7", "--set", "capacity=0.5,2"]))
+    assert (z.rm_steps, z.capacity, z.label_problems) == (7, (0.5, 2.0), reproduce.Sizes().label_problems)
+
+
 def test_bad_sizes_are_refused(tmp_path, capsys):
     assert reproduce.main(["--out", str(tmp_path), "--set", "label_problem=3"]) == 2
     assert "unknown field 'label_problem'" in capsys.readouterr().err
