@@ -759,8 +759,8 @@ def precision(cfg: Config, device: str):
                     else contextlib.nullcontext())
 
 
-def setup(cfg: Config, d: Dist):
-    """-> (Models, the iteration to start at: > 0 when resuming a checkpoint)."""
+def check_inputs(cfg: Config):
+    """-> (task, the policy's folder), every checkpoint flag checked before anything is built."""
     task = data.get_task(cfg.task)
     if cfg.reward == "truth" and not hasattr(task, "step_truth"):
         raise InputError(f"--reward truth needs a task that knows each step's truth (synthetic); "
@@ -773,6 +773,12 @@ def setup(cfg: Config, d: Dist):
                        ("--rm-base", cfg.rm_base)):
         if path:  # checked (no weights read) before anything is built or written
             shepherd.load_model(path, what, check_only=True)
+    return task, policy_dir
+
+
+def setup(cfg: Config, d: Dist):
+    """-> (Models, the iteration to start at: > 0 when resuming a checkpoint)."""
+    task, policy_dir = check_inputs(cfg)
     # the reward model scores steps and starts the critic (--critic-init reward; truth: only that)
     needs_rm = cfg.reward != "truth" or cfg.critic_init == "reward"
     rm_dir = ensure_reward_model(cfg, policy_dir, d) if needs_rm else policy_dir
