@@ -98,9 +98,11 @@ class Config(Common):
                               type=COUNT)
     save_every: int = flag(10, "checkpoint every this many iterations (and at the end)",
                            type=POSITIVE)
-    rm_problems: int = flag(400, "reward-model build: problems to label (4 solutions x 4 "
-                            "completions each)", type=POSITIVE)
-    rm_steps: int = flag(300, "reward-model build: training steps", type=POSITIVE)
+    rm_problems: int = flag(synthetic.RM_RECIPE["problems"], "reward-model build: problems to "
+                            "label (synthetic.RM_RECIPE's solutions and completions each)",
+                            type=POSITIVE)
+    rm_steps: int = flag(synthetic.RM_RECIPE["steps"], "reward-model build: training steps",
+                         type=POSITIVE)
     rm_base: str = flag("", "reward-model build: the base it is fine-tuned from (default: the "
                         "synthetic world's verifier base with the default policy, else the policy)")
     dtype: str = flag("auto", "float32 | bfloat16 for the frozen reward model and FSDP compute "
@@ -155,7 +157,8 @@ class ValueModel(nn.Module):
 def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     """--reward-model, or one built with shepherd.py and cached: label the policy's solutions
     (Math-Shepherd §3.3, hard estimation), then fine-tune a PRM (Eq. 2) or an ORM (Eq. 1) from the
-    verifier base on the same labels. Under torchrun every rank takes part."""
+    verifier base on the same labels, with the world's recipe (synthetic.RM_RECIPE, as
+    bench/reproduce.py). Under torchrun every rank takes part."""
     if cfg.reward_model:
         return cfg.reward_model
     base = cfg.rm_base or policy_dir
@@ -166,10 +169,11 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     wb = next(Path(base).glob("model*.safetensors*"))
     key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns,
                    Path(base).resolve(), wb.stat().st_size, wb.stat().st_mtime_ns,
-                   cfg.rm_problems, cfg.rm_steps, cfg.tag)
+                   cfg.rm_problems, cfg.rm_steps, cfg.tag, sorted(synthetic.RM_RECIPE.items()))
     # one cache per policy, not per seed
     cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"
     kind = "orm" if cfg.reward == "orm" else "prm"  # truth: the PRM still starts the critic
+    r = synthetic.RM_RECIPE
     path = cache / kind
     if not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
         if d.main:
@@ -177,14 +181,14 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # serves the PRM and the ORM
         if not done.exists():  # resumable
             shepherd.cmd_label(shepherd.LabelConfig(
-                model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems, num_solutions=4,
-                num_completions=4, max_new_tokens=96, seed=0, out=str(labels)))
+                model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems, num_solutions=r["solutions"],
+                num_completions=r["completions"], max_new_tokens=96, seed=0, out=str(labels)))
             if d.main:
                 done.touch()
         shepherd.cmd_train(shepherd.TrainConfig(
             objective=kind, tag=cfg.tag, data=str(labels), model=base, out=str(path),
-            steps=cfg.rm_steps, batch_size=32, lr=5e-4, warmup=30, eval_every=100, heldout=0.1,
-            seed=0))
+            steps=cfg.rm_steps, batch_size=r["batch"], lr=r["lr"],
+            warmup=max(1, cfg.rm_steps // 20), eval_every=cfg.rm_steps, heldout=0.05, seed=0))
     barrier(d)
     return str(path)
 

@@ -349,7 +349,9 @@ def lr_at(step: int, total: int, lr: float, warmup: int, min_lr: float) -> float
 
 SCRATCH_SIZES = {  # (hidden, layers, heads, kv heads, mlp): Mistral-shaped, small enough for a CPU
     "tiny": (128, 4, 4, 2, 384),
+    "deep": (128, 8, 4, 2, 384),
     "small": (256, 6, 8, 4, 768),
+    "medium": (384, 8, 6, 2, 1024),
 }
 
 

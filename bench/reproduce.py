@@ -38,12 +38,12 @@ from shepherd import InputError, atomic_write  # noqa: E402
 @dataclass
 class Sizes:
     """How big each stage is. The defaults are the recipe README reports; --quick shrinks them (same code path)."""
-    label_problems: int = 400  # train problems labeled per seed
-    solutions: int = 8  # sampled per problem (the paper: 15)
-    completions: int = 4  # N per step (the paper: 8)
-    rm_steps: int = 300  # reward-model fine-tuning steps (batch rm_batch)
-    rm_batch: int = 32
-    rm_lr: float = 3e-4
+    label_problems: int = synthetic.RM_RECIPE["problems"]  # train problems labeled per seed
+    solutions: int = synthetic.RM_RECIPE["solutions"]  # sampled per problem (the paper: 15)
+    completions: int = synthetic.RM_RECIPE["completions"]  # N per step (the paper: 8)
+    rm_steps: int = synthetic.RM_RECIPE["steps"]  # reward-model fine-tuning steps (batch rm_batch)
+    rm_batch: int = synthetic.RM_RECIPE["batch"]
+    rm_lr: float = synthetic.RM_RECIPE["lr"]
     verify_problems: int = 100  # test problems for best-of-N
     samples: int = 64  # solutions per test problem (N up to this)
     subsets: int = 100  # random subsets per N
@@ -52,7 +52,7 @@ class Sizes:
     ppo_minibatch: int = 32
     eval_problems: int = 500  # PPO's held-out (val) greedy accuracy
     test_problems: int = 500  # greedy test accuracy of SFT and of each PPO policy
-    capacity: tuple = (0.25, 0.5, 2.0)  # label fractions of the capacity curve (first seed; () skips it)
+    capacity: tuple = (0.16,)  # label fractions of the capacity curve (first seed; () skips it): 400 problems
 
 
 QUICK = Sizes(label_problems=40, solutions=4, completions=4, rm_steps=40, verify_problems=30, samples=16, subsets=20,

@@ -293,7 +293,9 @@ def test_the_default_reward_model_is_built_by_the_projects_label_and_train(tmp_p
     assert json.loads((path / "trainer_state.json").read_text())["step"] == 2
     records = [json.loads(x) for x in (path.parent / "labels.jsonl").read_text().splitlines()]
     assert {r["problem_id"] for r in records} == {p.id for p in synthetic.load("train")[:2]}
-    assert all(len(r["rollout_correct"][0]) == 4 for r in records if len(r["steps"]) > 1)  # N = 4 completions
+    r = synthetic.RM_RECIPE  # the world's recipe, as bench/reproduce.py runs it
+    assert len(records) == 2 * r["solutions"]
+    assert all(len(x["rollout_correct"][0]) == r["completions"] for x in records if len(x["steps"]) > 1)
     assert json.loads((path / "config.json").read_text())["tie_word_embeddings"] is False  # the verifier base's
     for cmd in ("cmd_label", "cmd_train"):
         monkeypatch.setattr(shepherd, cmd, lambda *a, **k: pytest.fail("rebuilt a cached reward model"))

@@ -140,8 +140,11 @@ def test_shipped_policy_is_in_the_accuracy_band():
 
 @pytest.mark.skipif(not (Path(synthetic.VERIFIER_DIR) / "config.json").exists(), reason="the verifier base is not built")
 def test_shipped_verifier_base_checks_the_world_better_than_the_policy():
-    """`synthetic.VERIFIER_COMMAND`'s model: an LM head of its own, and far stronger at the world than the policy."""
+    """`synthetic.VERIFIER_COMMAND`'s model: twice the policy's depth, an LM head of its own, and far stronger at the
+    world than the policy."""
     model, tok = Transformer.from_pretrained(synthetic.VERIFIER_DIR), Tokenizer(synthetic.VERIFIER_DIR)
+    policy = Transformer.from_pretrained(synthetic.POLICY_DIR)
+    assert model.config.num_hidden_layers == 2 * policy.config.num_hidden_layers == 8
     assert not model.config.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight
     assert tok.vocab_size == Tokenizer(synthetic.POLICY_DIR).vocab_size  # one world, one tokenizer
     res = shepherd.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
