@@ -165,15 +165,15 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
     if not cfg.rm_base and Path(policy_dir).resolve() == Path(synthetic.POLICY_DIR).resolve() \
             and (Path(synthetic.VERIFIER_DIR) / "config.json").exists():
         base = synthetic.VERIFIER_DIR  # as in the paper: a stronger verifier than the policy
+    r = synthetic.RM_RECIPE
     w = next(Path(policy_dir).glob("model*.safetensors*"))  # a retrained policy: a new cache key
     wb = next(Path(base).glob("model*.safetensors*"))
     key = seed_for(Path(policy_dir).resolve(), w.stat().st_size, w.stat().st_mtime_ns,
                    Path(base).resolve(), wb.stat().st_size, wb.stat().st_mtime_ns,
-                   cfg.rm_problems, cfg.rm_steps, cfg.tag, sorted(synthetic.RM_RECIPE.items()))
+                   cfg.rm_problems, cfg.rm_steps, cfg.tag, sorted(r.items()))
     # one cache per policy, not per seed
     cache = ROOT / "runs" / "ppo-rm" / f"{Path(policy_dir).name}-{key % 16**8:08x}"
     kind = "orm" if cfg.reward == "orm" else "prm"  # truth: the PRM still starts the critic
-    r = synthetic.RM_RECIPE
     path = cache / kind
     if not (path / "trainer_state.json").exists():  # shepherd's mark of a finished training
         if d.main:
