@@ -1,12 +1,13 @@
-"""Generation speed: sampler.py against transformers' generate, measured in the same run. Prints tables.
+"""Generation speed, printed as tables: sampler.py against transformers' generate, same run.
 
     python bench/bench_sampler.py [--threads 1] [--new 128]
 
-CPU: a few-M-parameter Mistral-shaped model with random weights, batch 16, equal-length prompts, a fixed number of new
-tokens (no eos), greedy (the tokens are compared too) and sampled. GPU (when CUDA is there): random bf16 weights of
-the real Mistral-7B shape; batch-1 decode against the HBM roofline (copy bandwidth measured here), and batch 64 with
-CUDA graphs on and off against transformers. On CPU, the sampler with its decode step through torch.compile gets
-columns of its own (a measurement, not an option of sampler.py; the compiling is timed apart). A benchmark, not a
+CPU: a few-M-parameter Mistral-shaped model with random weights, batch 16, equal-length prompts, a
+fixed number of new tokens (no eos), greedy (the tokens are compared too) and sampled. GPU (when
+CUDA is there): random bf16 weights of the real Mistral-7B shape; batch-1 decode against the HBM
+roofline (copy bandwidth measured here), and batch 64 with CUDA graphs on and off against
+transformers. On CPU, the sampler with its decode step through torch.compile gets columns of its
+own (a measurement, not an option of sampler.py; the compiling is timed apart). A benchmark, not a
 test: it asserts nothing.
 """
 import argparse
@@ -23,7 +24,8 @@ from model import ModelConfig, Transformer  # noqa: E402
 from sampler import Sampler  # noqa: E402
 
 MISTRAL_7B = ROOT.parent / "shared" / "data" / "mistral-7b-v0.1" / "config.json"
-SHAPES = {  # name: (hidden, intermediate, layers, heads, kv heads, vocab); Mistral-shaped, random weights
+# name: (hidden, intermediate, layers, heads, kv heads, vocab); Mistral-shaped, random weights
+SHAPES = {
     "0.1M (the tests' TINY)": (64, 96, 2, 4, 2, 97),
     "1.8M": (128, 352, 4, 4, 2, 4096),
     "7.1M": (256, 704, 4, 8, 4, 8192),
@@ -31,9 +33,10 @@ SHAPES = {  # name: (hidden, intermediate, layers, heads, kv heads, vocab); Mist
 
 
 def paired_times(fns: dict, repeats: int) -> dict:
-    """The fastest of `repeats` timed runs of each function (after one untimed warm-up each), the functions taking
-    turns (A B A B ...): on a shared or virtual machine the speed drifts by tens of percent within a minute, and
-    interleaving exposes both sides to the same drift. CUDA is synchronised around each run."""
+    """The fastest of `repeats` timed runs of each function (after one untimed warm-up each), the
+    functions taking turns (A B A B ...): on a shared or virtual machine the speed drifts by tens of
+    percent within a minute, and interleaving exposes both sides to the same drift. CUDA is
+    synchronised around each run."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns.values():
         fn()
@@ -53,19 +56,21 @@ def best_time(fn, repeats: int) -> float:
 
 
 def hf_generate(hf, ids, new, **sampling):
-    """transformers' generate of exactly `new` tokens (no eos) from equal-length prompts (no padding); greedy
-    unless sampling settings are given."""
+    """transformers' generate of exactly `new` tokens (no eos) from equal-length prompts
+    (no padding); greedy unless sampling settings are given."""
     sampling = sampling or dict(do_sample=False)
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                      pad_token_id=0, **sampling)
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                      min_new_tokens=new, pad_token_id=0, **sampling)
     return out[:, ids.shape[1]:]
 
 
 def compiled_sampler(model, max_batch, max_len) -> Sampler:
-    """A what-if, not a feature: a Sampler whose eager decode step (forward + sampling, the function CUDA graphs
-    capture) goes through torch.compile. dynamic: the batch bucket and the kv length become symbols (not one graph
-    per value); cpp_wrapper: the compiled step is called from C++, not through a Python wrapper."""
-    torch._dynamo.reset()  # compiled code is cached per function, not per Sampler: start each model with a clean slate
+    """A what-if, not a feature: a Sampler whose eager decode step (forward + sampling, the function
+    CUDA graphs capture) goes through torch.compile. dynamic: the batch bucket and the kv length
+    become symbols (not one graph per value); cpp_wrapper: the compiled step is called from C++,
+    not through a Python wrapper."""
+    # compiled code is cached per function, not per Sampler: start each model with a clean slate
+    torch._dynamo.reset()
     sampler = Sampler(model, max_batch=max_batch, max_len=max_len, cuda_graphs=False)
     sampler._decode = torch.compile(sampler._decode, dynamic=True, options={"cpp_wrapper": True})
     return sampler
@@ -80,12 +85,14 @@ def table(rows, head):
 
 
 def small_pair(shape):
-    """transformers' Mistral with random weights and ours loaded from its save_pretrained: the same weights."""
+    """transformers' Mistral with random weights and ours loaded from its save_pretrained:
+    the same weights."""
     import transformers
     h, i, n, a, kv, v = shape
     torch.manual_seed(0)
-    cfg = transformers.MistralConfig(vocab_size=v, hidden_size=h, intermediate_size=i, num_hidden_layers=n,
-                                     num_attention_heads=a, num_key_value_heads=kv, max_position_embeddings=4096,
+    cfg = transformers.MistralConfig(vocab_size=v, hidden_size=h, intermediate_size=i,
+                                     num_hidden_layers=n, num_attention_heads=a,
+                                     num_key_value_heads=kv, max_position_embeddings=4096,
                                      sliding_window=4096, attn_implementation="sdpa")
     hf = transformers.MistralForCausalLM(cfg).eval()
     with tempfile.TemporaryDirectory() as d:
@@ -104,8 +111,8 @@ def cpu_section(args):
         print("CPU: transformers is not installed; skipped\n")
         return
     B, P, N = 16, 64, args.new
-    print(f"CPU: batch {B}, prompt {P}, {N} new tokens (no eos), {torch.get_num_threads()} thread(s); "
-          f"best of {args.repeats} after a warm-up")
+    print(f"CPU: batch {B}, prompt {P}, {N} new tokens (no eos), "
+          f"{torch.get_num_threads()} thread(s); best of {args.repeats} after a warm-up")
     rows, compile_s = [], {}
     for name, shape in SHAPES.items():
         hf, ours = small_pair(shape)
@@ -117,7 +124,8 @@ def cpu_section(args):
                "ours": lambda: sampler.generate(prompts, N, temperature=0),
                "hf_p": lambda: hf_generate(hf, ids, N, do_sample=True, top_k=0, **top_p),
                "ours_p": lambda: sampler.generate(prompts, N, seed=0, **top_p)}
-        if args.compile:  # the same step through torch.compile; its first calls (the compiling) are timed apart
+        # the same step through torch.compile; its first calls (the compiling) are timed apart
+        if args.compile:
             compiled = compiled_sampler(ours, B, P + N)
             fns["comp"] = lambda: compiled.generate(prompts, N, temperature=0)
             fns["comp_p"] = lambda: compiled.generate(prompts, N, seed=0, **top_p)
@@ -136,8 +144,8 @@ def cpu_section(args):
                 row += [tps(t[comp_key]), f"{t[hf_key] / t[comp_key]:.2f}x"]
             rows.append(row + [("yes" if same else "NO") if mode == "greedy" else ""])
     compiled_head = ["compiled tok/s", "compiled speed-up"] if args.compile else []
-    table(rows, ["model", "decoding", "transformers tok/s", "sampler.py tok/s", "speed-up", *compiled_head,
-                 "same greedy tokens"])
+    table(rows, ["model", "decoding", "transformers tok/s", "sampler.py tok/s", "speed-up",
+                 *compiled_head, "same greedy tokens"])
     if args.compile:
         print("compiling (first greedy + first top-p call, once per model): "
               + ", ".join(f"{k.split()[0]} {v:.0f} s" for k, v in compile_s.items()) + "\n")
@@ -145,10 +153,11 @@ def cpu_section(args):
 
 @torch.no_grad()
 def workload_section(args):
-    """The project's own job on CPU: the shipped synthetic policy writes solutions to 16 synthetic problems, prompts
-    of different lengths, each row ending at its eos. transformers pads the prompts on the left and runs every row
-    until the last one ends; the sampler packs the live rows into a smaller batch as rows finish and attends only
-    over the slots in use. Tokens/s counts the tokens each side returns (eos included, padding not)."""
+    """The project's own job on CPU: the shipped synthetic policy writes solutions to 16 synthetic
+    problems, prompts of different lengths, each row ending at its eos. transformers pads the
+    prompts on the left and runs every row until the last one ends; the sampler packs the live rows
+    into a smaller batch as rows finish and attends only over the slots in use. Tokens/s counts the
+    tokens each side returns (eos included, padding not)."""
     try:
         import transformers
     except ImportError:
@@ -173,26 +182,33 @@ def workload_section(args):
     def hf_run(**sampling):  # seeded: every timed call makes the same tokens as the counted one
         torch.manual_seed(0)
         out = hf.generate(ids, attention_mask=att, max_new_tokens=new, pad_token_id=tok.pad_id,
-                          eos_token_id=tok.eos_id, **(sampling or dict(do_sample=False)))[:, S:].tolist()
+                          eos_token_id=tok.eos_id,
+                          **(sampling or dict(do_sample=False)))[:, S:].tolist()
         return [row[:row.index(tok.eos_id) + 1] if tok.eos_id in row else row for row in out]
 
     def ours_run(s=sampler, **sampling):
-        return [o.tokens for o in s.generate(prompts, new, seed=0, **(sampling or dict(temperature=0)))]
+        return [o.tokens
+                for o in s.generate(prompts, new, seed=0, **(sampling or dict(temperature=0)))]
 
-    print(f"workload: the synthetic policy ({ours.num_params() / 1e6:.2f} M params), {B} test problems, prompts "
-          f"{min(map(len, prompts))}-{S} tokens, up to {new} new tokens, until eos; {torch.get_num_threads()} "
-          f"thread(s); best of {args.repeats}, the two sides taking turns")
+    print(f"workload: the synthetic policy ({ours.num_params() / 1e6:.2f} M params), "
+          f"{B} test problems, prompts {min(map(len, prompts))}-{S} tokens, "
+          f"up to {new} new tokens, until eos; {torch.get_num_threads()} thread(s); "
+          f"best of {args.repeats}, the two sides taking turns")
     rows = []
     for name, kw_hf, kw_ours in [("greedy", {}, {}),
-                                 ("T=1 (labeling rollouts)", dict(do_sample=True, top_k=0), dict(temperature=1.0))]:
-        n_hf, n_ours = (sum(map(len, f())) for f in (lambda: hf_run(**kw_hf), lambda: ours_run(**kw_ours)))
+                                 ("T=1 (labeling rollouts)", dict(do_sample=True, top_k=0),
+                                  dict(temperature=1.0))]:
+        n_hf, n_ours = (sum(map(len, f()))
+                        for f in (lambda: hf_run(**kw_hf), lambda: ours_run(**kw_ours)))
         fns = {"hf": lambda: hf_run(**kw_hf), "ours": lambda: ours_run(**kw_ours)}
         if compiled:
             fns["comp"] = lambda: ours_run(compiled, **kw_ours)
         t = paired_times(fns, args.repeats)
-        same = "yes" if hf_run() == ours_run() == (ours_run(compiled) if compiled else ours_run()) else "NO"
+        same = ("yes" if hf_run() == ours_run() == (ours_run(compiled) if compiled else ours_run())
+                else "NO")
         speed = {k: (n_hf if k == "hf" else n_ours) / t[k] for k in t}
-        row = [name, f"{speed['hf']:,.0f}", f"{speed['ours']:,.0f}", f"{speed['ours'] / speed['hf']:.2f}x"]
+        row = [name, f"{speed['hf']:,.0f}", f"{speed['ours']:,.0f}",
+               f"{speed['ours'] / speed['hf']:.2f}x"]
         if compiled:
             row += [f"{speed['comp']:,.0f}", f"{speed['comp'] / speed['hf']:.2f}x"]
         rows.append(row + [f"{n_hf / B:.0f} / {n_ours / B:.0f}", same if name == "greedy" else ""])
@@ -202,7 +218,8 @@ def workload_section(args):
 
 
 def hbm_bandwidth() -> float:
-    """Bytes per second of a large device-to-device copy (each byte is read once and written once)."""
+    """Bytes per second of a large device-to-device copy
+    (each byte is read once and written once)."""
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     t = best_time(lambda: [y.copy_(x) for _ in range(10)], 3)
@@ -210,13 +227,16 @@ def hbm_bandwidth() -> float:
 
 
 def mistral_7b_config() -> ModelConfig:
-    """The real config.json where ../shared holds it (a device machine may not); else Mistral-7B-v0.1's published
-    shape, which is ModelConfig's defaults with its 4096-token window."""
-    return ModelConfig.from_json(MISTRAL_7B) if MISTRAL_7B.exists() else ModelConfig(sliding_window=4096)
+    """The real config.json where ../shared holds it (a device machine may not); else
+    Mistral-7B-v0.1's published shape, which is ModelConfig's defaults with its 4096-token
+    window."""
+    return (ModelConfig.from_json(MISTRAL_7B) if MISTRAL_7B.exists()
+            else ModelConfig(sliding_window=4096))
 
 
 def random_mistral_7b():
-    """Mistral-7B's shape with random bf16 weights, built on meta and materialised straight on the GPU."""
+    """Mistral-7B's shape with random bf16 weights,
+    built on meta and materialised straight on the GPU."""
     cfg = mistral_7b_config()
     with torch.device("meta"):
         model = Transformer(cfg).to(torch.bfloat16)
@@ -238,13 +258,15 @@ def gpu_section(args):
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = hbm_bandwidth()
     roofline = bandwidth / weight_bytes
-    print(f"GPU: {torch.cuda.get_device_name()}, Mistral-7B shape, bf16, {weight_bytes / 1e9:.2f} GB of weights; "
+    print(f"GPU: {torch.cuda.get_device_name()}, Mistral-7B shape, bf16, "
+          f"{weight_bytes / 1e9:.2f} GB of weights; "
           f"copy bandwidth {bandwidth / 1e12:.2f} TB/s -> batch-1 roofline {roofline:.0f} tok/s")
     P, N = 128, args.new
     g = torch.Generator().manual_seed(1)
     rows = []
 
-    # batch 1: decode speed alone, from the difference between N new tokens and 1 (the prefill cancels out)
+    # batch 1: decode speed alone, from the difference between N new tokens and 1 (the prefill
+    # cancels out)
     V = model.config.vocab_size
     prompt = torch.randint(3, V, (1, P), generator=g).tolist()
     for graphs in (True, False):
@@ -261,7 +283,8 @@ def gpu_section(args):
     results = {}
     for graphs in (True, False):
         s = Sampler(model, max_batch=B, max_len=P + N, cuda_graphs=graphs)
-        results[graphs] = best_time(lambda: s.generate(ids.tolist(), N, temperature=0), args.repeats)
+        results[graphs] = best_time(lambda: s.generate(ids.tolist(), N, temperature=0),
+                                    args.repeats)
     try:
         import transformers
         hf_cfg = transformers.MistralConfig(**model.config.to_dict(), attn_implementation="sdpa")
@@ -280,7 +303,8 @@ def gpu_section(args):
     for graphs in (True, False):
         t = results[graphs]
         vs = f"{t_hf / t:.2f}x" if t_hf else "n/a"
-        rows.append((f"batch {B}, graphs {'on' if graphs else 'off'}", f"{B * N / t:,.0f}", f"{vs} transformers"))
+        rows.append((f"batch {B}, graphs {'on' if graphs else 'off'}", f"{B * N / t:,.0f}",
+                     f"{vs} transformers"))
     if t_hf:
         rows.append((f"batch {B}, transformers generate", f"{B * N / t_hf:,.0f}", "1.00x"))
     table(rows, ["GPU (greedy, prompt 128)", "new tokens/s", "note"])
@@ -288,12 +312,14 @@ def gpu_section(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable numbers on a shared machine)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (1: stable numbers on a shared machine)")
     ap.add_argument("--new", type=int, default=128, help="new tokens per row")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
-                    help="leave out the CPU columns for a torch.compile'd decode step (each model compiles for ~15-25 s)")
+                    help="leave out the CPU columns for a torch.compile'd decode step "
+                         "(each model compiles for ~15-25 s)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}\n")

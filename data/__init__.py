@@ -24,7 +24,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-STEP_TAG = "ки"  # Math-Shepherd's step tag; with the Mistral tokenizer " ки" is one token (id 12902)
+# Math-Shepherd's step tag; with the Mistral tokenizer " ки" is one token (id 12902)
+STEP_TAG = "ки"
 ANSWER_PREFIX = "The answer is:"
 TASKS = {"synthetic": "data.synthetic", "gsm8k": "data.gsm8k", "math": "data.math_task"}
 
@@ -34,11 +35,13 @@ class Problem:
     id: str
     question: str
     answer: str  # the gold final answer, as text
-    meta: dict = field(default_factory=dict)  # task-specific extras (e.g. the synthetic world's program)
+    # task-specific extras (e.g. the synthetic world's program)
+    meta: dict = field(default_factory=dict)
 
 
 def get_task(name: str):
-    """The task module for a name in TASKS (imported lazily, so no task costs anything until used)."""
+    """The task module for a name in TASKS
+    (imported lazily, so no task costs anything until used)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
     return importlib.import_module(TASKS[name])
@@ -55,21 +58,23 @@ def join_steps(steps: list[str]) -> str:
 
 
 def split_steps(solution: str) -> list[str]:
-    """Solution text -> its steps, without tags; the one splitter everyone uses. Tolerates real Math-Shepherd
-    variants: a tag with no space before it ('is: 40ки'), 'Step k:' prefixes, text after the last tag."""
+    """Solution text -> its steps, without tags; the one splitter everyone uses. Tolerates real
+    Math-Shepherd variants: a tag with no space before it ('is: 40ки'), 'Step k:' prefixes, text
+    after the last tag."""
     parts = solution.split(STEP_TAG)
     steps = [re.sub(r"^\s*Step \d+:\s*", "", p).strip() for p in parts]
     return [s for s in steps if s]
 
 
 def to_model_tag(text: str, tag: str) -> str:
-    """Files and graders speak ' ки' (join_steps); a model trained with another tag (--tag) speaks its own:
-    every step end's ' ки' becomes ' ' + tag, before encoding."""
+    """Files and graders speak ' ки' (join_steps); a model trained with another tag (--tag) speaks
+    its own: every step end's ' ки' becomes ' ' + tag, before encoding."""
     return text if tag == STEP_TAG else re.sub(f" {STEP_TAG}(?=\n|$)", lambda m: " " + tag, text)
 
 
 def from_model_tag(text: str, tag: str) -> str:
-    """Decoded model text -> Math-Shepherd's format: each `tag` (a step end, per model.tag_positions) becomes ки."""
+    """Decoded model text -> Math-Shepherd's format: each `tag` (a step end, per
+    model.tag_positions) becomes ки."""
     return text if tag == STEP_TAG else text.replace(tag, STEP_TAG)
 
 
@@ -97,7 +102,8 @@ def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, "
+                                 f"got {type(row).__name__}")
             for name in fields:
                 if not isinstance(row.get(name), str):
                     raise ValueError(f"{path}:{lineno}: missing or non-string field {name!r}")

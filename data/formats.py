@@ -15,7 +15,8 @@ class InputError(Exception):
 
 
 def read_input(path: str | Path) -> list[tuple[int, dict]]:
-    """A user's JSONL file as data.read_jsonl reads it; bad JSON or an empty file is an InputError."""
+    """A user's JSONL file as data.read_jsonl reads it;
+    bad JSON or an empty file is an InputError."""
     try:
         rows = data.read_jsonl(path)
     except (ValueError, OSError) as e:
@@ -35,7 +36,8 @@ class StepExample:
 
 
 def _normalise_tags(text: str) -> str:
-    # released data glues tags to the text ('is: 40ки'), but the tag token is ' ки': add the space
+    # released data glues tags to the text ('is: 40ки'), but the tag token is ' ки':
+    # add the space
     return re.sub(r"\s*" + data.STEP_TAG, " " + data.STEP_TAG, text)
 
 
@@ -52,7 +54,8 @@ def text_field(rec: dict, name: str, where: str) -> str:
 def steps_field(rec: dict, name: str, where: str) -> list[str]:
     v = rec.get(name)
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise InputError(f"{where}: field {name!r}: expected a list of step strings, got {_kind(v)}")
+        raise InputError(f"{where}: field {name!r}: expected a list of step strings, "
+                         f"got {_kind(v)}")
     if not [s for s in v if s.strip()]:
         raise InputError(f"{where}: field {name!r}: the solution has no steps")
     return [s.strip() for s in v]
@@ -83,7 +86,8 @@ class Record:
 
 def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
     """Any of the three formats, told apart by their fields, every field type-checked:
-    Math-Shepherd {'input': '... ки ... ки', 'label': the input with each ки replaced by + or -},
+    Math-Shepherd {'input': '... ки ... ки',
+                   'label': the input with each ки replaced by + or -},
     TRL's stepwise {'prompt', 'completions': [step, ...], 'labels': [bool or float, ...]},
     and our `label` records {'question', 'steps', 'hard', 'soft', 'correct'}."""
     if "input" in rec:
@@ -139,7 +143,8 @@ def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExamp
         where = f"{path}:{n}"
         r = parse_solution(rec, where, labels)
         if r.labels is None:
-            raise InputError(f"{where}: no step labels (expected field 'label', 'labels' or {labels!r})")
+            raise InputError(f"{where}: no step labels "
+                             f"(expected field 'label', 'labels' or {labels!r})")
         out.append(StepExample(r.text, r.labels, r.outcome, r.id or ""))
     return out
 
@@ -157,10 +162,11 @@ def export(records: list[dict], fmt: str, task_name: str, labels: str) -> str:
         if fmt == "math-shepherd":
             body = [f"Step {i + 1}: {s} " for i, s in enumerate(steps)]
             mark = ["+" if y else "-" for y in r["hard"]]
-            lines.append({"input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
-                          "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
-                          "task": RELEASED_TASK_NAMES.get(task_name, task_name),
-                          "gold": r["gold"]})  # gold: an extra field
+            lines.append({
+                "input": r["question"] + " " + "\n".join(b + data.STEP_TAG for b in body),
+                "label": r["question"] + " " + "\n".join(b + m for b, m in zip(body, mark)),
+                "task": RELEASED_TASK_NAMES.get(task_name, task_name),
+                "gold": r["gold"]})  # gold: an extra field
         else:
             ys = {"hard": [bool(y) for y in r["hard"]], "soft": r["soft"],
                   "soft-threshold": [y >= 0.5 for y in r["soft"]]}[labels]

@@ -1,15 +1,16 @@
 """GSM8K (Cobbe et al., 2021): grade-school word problems whose final answers are numbers.
 
-The official files are JSONL with fields `question` and `answer`: a worked solution with calculator
-annotations like `<<16-3-4=9>>` and a last line `#### X` (X sometimes has thousands commas).
+The official files are JSONL with fields `question` and `answer`: a worked solution with
+calculator annotations like `<<16-3-4=9>>` and a last line `#### X` (X sometimes has thousands
+commas).
 
     load(split)                 -> list[Problem]    split in {"train", "test"}
     extract_answer(text)        -> canonical number string ("1080", "-3", "0.5", "3/4") or None
     grade(completion, gold)     -> bool             numeric comparison, never raises
 
-The canonical string lets callers (e.g. self-consistency voting) compare answers with ==: "18", "18.0",
-"$18" and "18." all become "18". Model outputs are adversarial, so extraction is linear in the text
-(_collapse_spaces) and texts over _MAX_TEXT characters have no answer.
+The canonical string lets callers (e.g. self-consistency voting) compare answers with ==: "18",
+"18.0", "$18" and "18." all become "18". Model outputs are adversarial, so extraction is linear in
+the text (_collapse_spaces) and texts over _MAX_TEXT characters have no answer.
 """
 from __future__ import annotations
 
@@ -21,20 +22,25 @@ from pathlib import Path
 from data import Problem, answer_from_text, read_jsonl
 
 SPLITS = ("train", "test")
-HF_REPO = "openai/gsm8k"  # the Hugging Face mirror stores parquet files, main/{split}-00000-of-00001.parquet
-_MAX_DIGITS = 100  # longer digit runs are not answers; also keeps int() clear of Python's 4300-digit limit
-_MAX_TEXT = 200_000  # longer texts are no solution (solutions run to a few thousand); bounds the time
+# the Hugging Face mirror stores parquet files, main/{split}-00000-of-00001.parquet
+HF_REPO = "openai/gsm8k"
+# longer digit runs are not answers; also keeps int() clear of Python's 4300-digit limit
+_MAX_DIGITS = 100
+# longer texts are no solution (solutions run to a few thousand); bounds the time
+_MAX_TEXT = 200_000
 
 # A number as people write it: optional sign and $, digits with optional thousands commas, decimals
-# (or a bare ".5"), optional "/denominator". The sign must not follow a word character, so the dash in "5-3"
-# or "pages 10-15" is no minus. Whitespace runs are collapsed first (_collapse_spaces): on raw text an
-# attempt starts at each character of a run and \s* reads to the run's end, which is quadratic.
+# (or a bare ".5"), optional "/denominator". The sign must not follow a word character, so the dash
+# in "5-3" or "pages 10-15" is no minus. Whitespace runs are collapsed first (_collapse_spaces): on
+# raw text an attempt starts at each character of a run and \s* reads to the run's end, which is
+# quadratic.
 _NUMBER_RE = re.compile(
     r"(?:(?<![\w)\]])(?P<sign>[-−])\s*)?\$?\s*"
     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:\s*/\s*(?P<den>\d+))?"
 )
-_CALC_RE = re.compile(r"<<[^<>]*>>")  # calculator annotations: their content repeats the visible text
+# calculator annotations: their content repeats the visible text
+_CALC_RE = re.compile(r"<<[^<>]*>>")
 _SPACE_RE = re.compile(r"\s+")
 
 
@@ -42,7 +48,8 @@ _SPACE_RE = re.compile(r"\s+")
 # loading
 
 def _default_dir() -> Path | None:
-    """SHEPHERD_GSM8K_DIR, else the shared data folder next to the repo; None when neither exists."""
+    """SHEPHERD_GSM8K_DIR, else the shared data folder next to the repo;
+    None when neither exists."""
     env = os.environ.get("SHEPHERD_GSM8K_DIR")
     if env:
         return Path(env)
@@ -56,9 +63,10 @@ def _download(split: str) -> list[dict]:
         import pyarrow.parquet as pq  # the hub only has parquet; check before downloading anything
     except ImportError:
         raise RuntimeError(
-            "GSM8K was not found locally and the Hugging Face copy is parquet, which needs pyarrow (not "
-            "installed). Download the official train.jsonl/test.jsonl from "
-            "https://github.com/openai/grade-school-math and set SHEPHERD_GSM8K_DIR to their folder."
+            "GSM8K was not found locally and the Hugging Face copy is parquet, which needs pyarrow "
+            "(not installed). Download the official train.jsonl/test.jsonl from "
+            "https://github.com/openai/grade-school-math and set SHEPHERD_GSM8K_DIR to their "
+            "folder."
         ) from None
     from huggingface_hub import hf_hub_download
 
@@ -67,7 +75,8 @@ def _download(split: str) -> list[dict]:
 
 
 def load(split: str, path: str | os.PathLike | None = None) -> list[Problem]:
-    """GSM8K problems; `path` is a JSONL file or a folder with {split}.jsonl (default: _default_dir())."""
+    """GSM8K problems; `path` is a JSONL file or a folder with {split}.jsonl
+    (default: _default_dir())."""
     if split not in SPLITS:
         raise ValueError(f"unknown GSM8K split {split!r}; expected one of {SPLITS}")
     folder = Path(path) if path is not None else _default_dir()
@@ -83,7 +92,8 @@ def load(split: str, path: str | os.PathLike | None = None) -> list[Problem]:
         gold = gold_from_solution(row["answer"])
         if gold is None:
             raise ValueError(f"GSM8K {split} row {i}: the answer has no '#### X' number")
-        problems.append(Problem(f"gsm8k-{split}-{i}", row["question"], gold, {"solution": row["answer"]}))
+        problems.append(Problem(f"gsm8k-{split}-{i}", row["question"], gold,
+                                {"solution": row["answer"]}))
     return problems
 
 
@@ -126,8 +136,9 @@ def _to_fraction(sign: str, num: str, den: str) -> Fraction | None:
 def _collapse_spaces(text: str) -> str:
     """Whitespace runs become one space, so that _NUMBER_RE scans the text in linear time.
 
-    No number changes: whitespace is read only through \\s* and captured by no group, and the lookbehind
-    sees a non-word character either way. A failed attempt then reads a few characters at most ("- $ .")."""
+    No number changes: whitespace is read only through \\s* and captured by no group, and the
+    lookbehind sees a non-word character either way. A failed attempt then reads a few characters
+    at most ("- $ .")."""
     return _SPACE_RE.sub(" ", text)
 
 
@@ -140,7 +151,8 @@ def _first_number(text: str) -> str | None:
 
 
 def _last_number(text: str) -> str | None:
-    for groups in reversed(_NUMBER_RE.findall(_collapse_spaces(text))):  # a Fraction for the last one only
+    # a Fraction for the last one only
+    for groups in reversed(_NUMBER_RE.findall(_collapse_spaces(text))):
         value = _to_fraction(*groups)
         if value is not None:
             return _canonical(value)
@@ -148,8 +160,9 @@ def _last_number(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The final number of a solution: after 'The answer is:', else after '####', else the last number.
-    After a marker, its first number (units may follow); a marker with no number gives None, not an earlier result."""
+    """The final number of a solution: after 'The answer is:', else after '####', else the last
+    number. After a marker, its first number (units may follow); a marker with no number gives None,
+    not an earlier result."""
     if not isinstance(text, str) or len(text) > _MAX_TEXT:
         return None
     text = _CALC_RE.sub("", text)
@@ -163,7 +176,8 @@ def extract_answer(text: str) -> str | None:
 
 
 def grade(completion_text: str, gold: str) -> bool:
-    """Is the completion's final number equal to the gold number? False for anything unparsable."""
+    """Is the completion's final number equal to the gold number?
+    False for anything unparsable."""
     try:
         pred = extract_answer(completion_text)
         target = extract_answer(gold)

@@ -1,24 +1,26 @@
-"""MATH (Hendrycks et al., 2021) on the MATH500 test split of PRM800K: competition problems, LaTeX answers.
+"""MATH (Hendrycks et al., 2021) on the MATH500 test split of PRM800K: competition problems,
+LaTeX answers.
 
-    load("test")                -> list[Problem]    gold = the final answer of the reference solution
-    extract_answer(text)        -> raw answer text: after the last 'The answer is:', else in the last
-                                   '# Answer' section (PRM800K), else in the last \\boxed{...}
+    load("test")                -> list[Problem]    gold: the reference solution's final answer
+    extract_answer(text)        -> raw answer text: after the last 'The answer is:', else in the
+                                   last '# Answer' section (PRM800K), else in the last \\boxed{...}
     normalize(answer)           -> a canonical string (also a good key for self-consistency voting)
     grade(completion, gold)     -> bool
 
 Equivalence is decided in three layers, cheapest first:
-  1. string rules after the Hendrycks and PRM800K graders (\\dfrac -> \\frac, units, degrees, \\left/\\right,
-     "x =", thousands commas, \\frac12, ...), then equal strings;
-  2. structure: tuples, intervals (bracket types kept), sets, unions, matrices, lists, element by element;
-     plain numbers (0.5, 1/2, \\frac{1}{2}, mixed 1\\frac{4}{5}) compared numerically;
-  3. with sympy installed: a symbolic check of a small, whitelisted translation, under a hard time limit
-     (SIGALRM: main thread only, other threads skip this layer).
-Any input grades within about a second: extraction is linear, texts over _MAX_TEXT characters have no
-answer, answers over _MAX_LEN characters are compared verbatim, and power towers never reach sympy.
+  1. string rules after the Hendrycks and PRM800K graders (\\dfrac -> \\frac, units, degrees,
+     \\left/\\right, "x =", thousands commas, \\frac12, ...), then equal strings;
+  2. structure: tuples, intervals (bracket types kept), sets, unions, matrices, lists, element by
+     element; plain numbers (0.5, 1/2, \\frac{1}{2}, mixed 1\\frac{4}{5}) compared numerically;
+  3. with sympy installed: a symbolic check of a small, whitelisted translation, under a hard time
+     limit (SIGALRM: main thread only, other threads skip this layer).
+Any input grades within about a second: extraction is linear, texts over _MAX_TEXT characters have
+no answer, answers over _MAX_LEN characters are compared verbatim, and power towers never reach
+sympy.
 
-PRM800K's solutions (and TRL's prm800k rows) end "...so the sum is 468.\\n\\n# Answer\\n\\n468"; that section
-is read up to the next step tag or blank line. A \\boxed{} comes last because a box may sit in any step.
-A marker with nothing after it gives None, not some earlier answer.
+PRM800K's solutions (and TRL's prm800k rows) end "...so the sum is 468.\\n\\n# Answer\\n\\n468";
+that section is read up to the next step tag or blank line. A \\boxed{} comes last because a box may
+sit in any step. A marker with nothing after it gives None, not some earlier answer.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ SPLITS = ("test",)
 USE_SYMPY = True          # tests switch this off to check the string-only path
 SYMPY_SECONDS = 0.5       # total symbolic time allowed per grade() call
 _MAX_LEN = 1000           # longer "answers" are compared verbatim, no rules
-_MAX_TEXT = 200_000       # longer texts are no solution; bounds the Python-level scans (\boxed's braces)
+_MAX_TEXT = 200_000       # no solution is longer; bounds the Python-level scans (\boxed's braces)
 _MAX_ITEMS = 64           # longer lists are not answers we try to match element by element
 
 
@@ -46,17 +48,21 @@ def load(split: str = "test", path: str | os.PathLike | None = None) -> list[Pro
         raise ValueError(f"unknown MATH split {split!r}; expected one of {SPLITS}")
     if path is None:
         env = os.environ.get("SHEPHERD_MATH_DIR")
-        path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared/data/math500"
+        path = (Path(env) if env
+                else Path(__file__).resolve().parents[1].parent / "shared/data/math500")
     path = Path(path)
     file = path / f"{split}.jsonl" if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"MATH500 file not found: {file} (set SHEPHERD_MATH_DIR to its folder)")
+        raise FileNotFoundError(f"MATH500 file not found: {file} "
+                                f"(set SHEPHERD_MATH_DIR to its folder)")
     problems = []
     for i, (_, row) in enumerate(read_jsonl(file, ("question", "answer"))):
         gold = extract_answer(row["answer"])
         if gold is None:
-            raise ValueError(f"{file}: row {i} has no 'The answer is:', '# Answer' or \\boxed answer")
-        problems.append(Problem(f"math-{split}-{i}", row["question"], gold, {"solution": row["answer"]}))
+            raise ValueError(f"{file}: row {i} has no 'The answer is:', '# Answer' "
+                             f"or \\boxed answer")
+        problems.append(Problem(f"math-{split}-{i}", row["question"], gold,
+                                {"solution": row["answer"]}))
     return problems
 
 
@@ -93,14 +99,16 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-# The greedy (?s).* makes one match find the LAST heading: it backs off one character at a time, and
-# each try is O(1) except at a line start, where [ \t]* reads that line's indent once. Linear in all.
+# The greedy (?s).* makes one match find the LAST heading: it backs off one character at a time,
+# and each try is O(1) except at a line start, where [ \t]* reads that line's indent once.
+# Linear in all.
 _ANSWER_SECTION_RE = re.compile(r"(?sm).*^[ \t]*# Answer\b:?")
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
 
 
 def answer_section(text: str) -> str | None:
-    """The text after the last '# Answer' heading (PRM800K) up to a step tag or blank line, or None."""
+    """The text after the last '# Answer' heading (PRM800K) up to a step tag or blank line,
+    or None."""
     m = _ANSWER_SECTION_RE.match(text)
     if m is None:
         return None
@@ -111,7 +119,8 @@ def answer_section(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer's raw text: after 'The answer is:', else in '# Answer', else in \\boxed{}."""
+    """The final answer's raw text: after 'The answer is:', else in '# Answer',
+    else in \\boxed{}."""
     if not isinstance(text, str) or len(text) > _MAX_TEXT:
         return None
     answer = answer_from_text(text)
@@ -132,12 +141,15 @@ _DROP_RE = re.compile(
 )
 _TEXT_CMD_RE = re.compile(r"\\(?:mbox|textbf|textrm|textit|mathrm|mathbf|operatorname)\s*\{")
 _UNIT_TEXT_RE = re.compile(r"(?<=\S)\s*\\text\{[^{}]*\}(?:\^\{?\d\}?)?\s*$")  # "5 \text{ cm}^2"
-_UNITS = (r"units?|cm|mm|km|meters?|inch(?:es)?|feet|foot|ft|yards?|miles?|mph|degrees?|cents?|dollars?"
-          r"|hours?|minutes?|seconds?|days?|weeks?|years?|percent")
-_UNIT_WORD_RE = re.compile(rf"(?<=[\d}}])\s+(?:(?:square|sq\.?|cubic)\s+)?(?:{_UNITS})(?:\^\{{?\d\}}?)?\.?$")
-_LEADING_VAR_RE = re.compile(r"^(?:[a-zA-Z](?:_\{?\w+\}?)?|\\[a-zA-Z]+)\s*(?:=|\\in(?![a-zA-Z]))\s*(?=\S)")
+_UNITS = (r"units?|cm|mm|km|meters?|inch(?:es)?|feet|foot|ft|yards?|miles?|mph|degrees?|cents?"
+          r"|dollars?|hours?|minutes?|seconds?|days?|weeks?|years?|percent")
+_UNIT_WORD_RE = re.compile(rf"(?<=[\d}}])\s+(?:(?:square|sq\.?|cubic)\s+)?(?:{_UNITS})"
+                           rf"(?:\^\{{?\d\}}?)?\.?$")
+_LEADING_VAR_RE = re.compile(r"^(?:[a-zA-Z](?:_\{?\w+\}?)?|\\[a-zA-Z]+)"
+                             r"\s*(?:=|\\in(?![a-zA-Z]))\s*(?=\S)")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\s*\d{3})+(?:\.\d+)?")
-_SHORTHAND = [  # LaTeX lets one-character arguments go without braces: \frac12, \frac{270}7, \sqrt2
+# LaTeX lets one-character arguments go without braces: \frac12, \frac{270}7, \sqrt2
+_SHORTHAND = [
     (re.compile(r"\\frac([^{\\])([^{\\])"), r"\\frac{\1}{\2}"),
     (re.compile(r"\\frac(\{[^{}]*\})([^{\\])"), r"\\frac\1{\2}"),
     (re.compile(r"\\frac([^{\\])\{"), r"\\frac{\1}{"),
@@ -155,7 +167,7 @@ def normalize(answer: str) -> str:
     s = _DROP_RE.sub(" ", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = _TEXT_CMD_RE.sub(r"\\text{", s)
-    s = _UNIT_TEXT_RE.sub("", s)                      # a trailing \text{...} after a value is a unit
+    s = _UNIT_TEXT_RE.sub("", s)                      # a \text{...} trailing a value is a unit
     s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)        # other text is the answer itself: unwrap it
     s = _UNIT_WORD_RE.sub("", s.strip())
     s = s.strip().rstrip(".").strip()
@@ -170,7 +182,8 @@ def normalize(answer: str) -> str:
         s = pattern.sub(repl, s)
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)               # 4210_{5} -> 4210_5
     s = re.sub(r"(?<!\d)\.(?=\d)", "0.", s)            # .35 -> 0.35
-    if re.fullmatch(r"\(?[a-zA-Z ]+\)?", s):          # words and multiple-choice letters: "(B)" ~ "b"
+    # words and multiple-choice letters: "(B)" ~ "b"
+    if re.fullmatch(r"\(?[a-zA-Z ]+\)?", s):
         s = s.strip("()").lower()
     return s
 
@@ -206,11 +219,13 @@ def _wrapped(s: str) -> bool:
 
 
 def _structure(s: str) -> tuple[str, list[str]]:
-    """(kind, items): kinds 'atom', 'matrix RxC', 'cup', 'set', 'list', or the bracket pair like '(]'."""
+    """(kind, items): kinds 'atom', 'matrix RxC', 'cup', 'set', 'list',
+    or the bracket pair like '(]'."""
     m = re.fullmatch(r"\\begin\{([pbvB]?matrix)\}(.*)\\end\{\1\}", s, re.S)
     if m:
         rows = [r.split("&") for r in m.group(2).split("\\\\") if r.strip()]
-        return f"matrix {len(rows)}x{'/'.join(str(len(r)) for r in rows)}", [x for r in rows for x in r]
+        return (f"matrix {len(rows)}x{'/'.join(str(len(r)) for r in rows)}",
+                [x for r in rows for x in r])
     if len(parts := _split_top(s, "\\cup")) > 1:
         return "cup", parts
     if s.startswith("\\{") and s.endswith("\\}"):
@@ -224,7 +239,8 @@ def _structure(s: str) -> tuple[str, list[str]]:
 
 
 _NUM = r"\d+(?:\.\d*)?|\.\d+"
-_NUMBER_RE = re.compile(  # 3, -0.5, 1/2, \frac{1}{2}, \frac{-3}{8}, and mixed numbers like 1\frac{4}{5}
+# 3, -0.5, 1/2, \frac{1}{2}, \frac{-3}{8}, and mixed numbers like 1\frac{4}{5}
+_NUMBER_RE = re.compile(
     rf"(-?)(?:(\d+)?\\frac\{{(-?(?:{_NUM}))\}}\{{(-?(?:{_NUM}))\}}|({_NUM})(?:/({_NUM}))?)")
 
 
@@ -275,7 +291,8 @@ _INNERMOST = [  # rewritten innermost-first until no braces are left
     (re.compile(r"\\sqrt\[([^\[\]{}]*)\]\{([^{}]*)\}"), r"((\2)**(1/(\1)))"),
     (re.compile(r"\\sqrt\{([^{}]*)\}"), r"sqrt(\1)"),
     (re.compile(r"\^\{([^{}]*)\}"), r"^(\1)"),
-    (re.compile(r"(?<![a-zA-Z}\]])\{([^{}]*)\}"), r"(\1)"),  # a bare group, not a command's argument
+    # a bare group, not a command's argument
+    (re.compile(r"(?<![a-zA-Z}\]])\{([^{}]*)\}"), r"(\1)"),
 ]
 
 
@@ -283,7 +300,8 @@ def _python_expr(s: str) -> str | None:
     """Translate a short LaTeX answer into a whitelisted Python expression string, or None."""
     if len(s) > 120 or "_" in s:
         return None
-    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\infty", "oo").replace("\\ln", "\\log")
+    s = (s.replace("\\cdot", "*").replace("\\times", "*").replace("\\infty", "oo")
+         .replace("\\ln", "\\log"))
     for _ in range(40):
         before = s
         for pattern, repl in _INNERMOST:
@@ -308,13 +326,13 @@ def _python_expr(s: str) -> str | None:
         value_end = t == ")" or t[0].isalnum() and t not in _FUNCS
         value_start = nxt == "(" or nxt[:1].isalnum() or nxt[:1] == "."
         if value_end and value_start:
-            out.append("*")                            # implicit multiplication: 2x, 3\sqrt{2}, (a)(b)
+            out.append("*")  # implicit multiplication: 2x, 3\sqrt{2}, (a)(b)
     return "".join(out)
 
 
 def _small_powers(tokens: list[str]) -> bool:
-    """Refuse huge numbers and towers of powers: Python's big-int power cannot be interrupted by a signal.
-    A power weighs its exponent times its base's weight, so (9^30)^30 weighs 900."""
+    """Refuse huge numbers and towers of powers: Python's big-int power cannot be interrupted by a
+    signal. A power weighs its exponent times its base's weight, so (9^30)^30 weighs 900."""
     if any(t[0].isdigit() and len(t) > 15 for t in tokens):
         return False
     inside = [1]  # the heaviest power inside each open parenthesis
@@ -329,7 +347,7 @@ def _small_powers(tokens: list[str]) -> bool:
             inside[-1] = max(inside[-1], closed)
         elif t == "**":
             j, depth, exponent = k + 1, 0, []
-            while j < len(tokens):                     # the exponent: one value or a parenthesised group
+            while j < len(tokens):  # the exponent: one value or a parenthesised group
                 depth += (tokens[j] == "(") - (tokens[j] == ")")
                 exponent.append(tokens[j])
                 j += 1
@@ -345,7 +363,8 @@ def _small_powers(tokens: list[str]) -> bool:
     return True
 
 
-class _Timeout(BaseException):  # BaseException so that sympy's own `except Exception` cannot swallow it
+# BaseException so that sympy's own `except Exception` cannot swallow it
+class _Timeout(BaseException):
     pass
 
 
@@ -354,7 +373,8 @@ def _raise_timeout(signum, frame):
 
 
 def _run_with_limit(fn, seconds: float):
-    """fn() with a hard time limit (SIGALRM); None when it runs out. Restores any timer the caller had."""
+    """fn() with a hard time limit (SIGALRM); None when it runs out.
+    Restores any timer the caller had."""
     old_handler = signal.signal(signal.SIGALRM, _raise_timeout)
     old_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
     start = time.monotonic()
@@ -373,7 +393,8 @@ _sympy = None
 
 
 def _get_sympy():
-    """The sympy module, or None when it is missing or switched off (imported once, outside any alarm)."""
+    """The sympy module, or None when it is missing or switched off
+    (imported once, outside any alarm)."""
     global _sympy
     main = threading.current_thread() is threading.main_thread()
     if not USE_SYMPY or not main or not hasattr(signal, "setitimer"):
@@ -397,15 +418,17 @@ def _symbolic_equal(a: str, b: str, deadline: float) -> bool:
     def check() -> bool:
         names = {c: sympy.Symbol(c) for c in set(re.findall(r"[a-zA-Z]", pa + pb))}
         names.update(I=sympy.I, pi=sympy.pi, oo=sympy.oo, **{f: getattr(sympy, f) for f in _FUNCS})
-        ea, eb = (sympy.parse_expr("(%s)-(%s)" % tuple(p.split("=")) if "=" in p else p, local_dict=names)
+        ea, eb = (sympy.parse_expr("(%s)-(%s)" % tuple(p.split("=")) if "=" in p else p,
+                                   local_dict=names)
                   for p in (pa, pb))
-        if "=" in pa:                                  # equations: the same up to a nonzero factor
+        if "=" in pa:  # equations: the same up to a nonzero factor
             ratio = sympy.simplify(ea / eb)
             return bool(ratio.is_number and ratio != 0 and ratio.is_finite)
         diff = sympy.simplify(ea - eb)
         if diff == 0:
             return True
-        return bool(diff.is_number and abs(complex(diff.evalf())) <= 1e-9 * max(1, abs(complex(eb.evalf()))))
+        return bool(diff.is_number
+                    and abs(complex(diff.evalf())) <= 1e-9 * max(1, abs(complex(eb.evalf()))))
 
     try:
         return bool(_run_with_limit(check, left))
@@ -421,15 +444,16 @@ def is_equiv(pred: str, gold: str) -> bool:
     if not (a and b):
         return False
     if len(pred.strip()) > _MAX_LEN or len(gold.strip()) > _MAX_LEN:
-        return a == b                                  # normalize left them verbatim: no structure either
+        return a == b  # normalize left them verbatim: no structure either
     return _equal(a, b, time.monotonic() + SYMPY_SECONDS)
 
 
 def grade(completion_text: str, gold: str) -> bool:
-    """Is the completion's final answer equivalent to the gold answer? False on anything unparsable."""
+    """Is the completion's final answer equivalent to the gold answer?
+    False on anything unparsable."""
     try:
         pred = extract_answer(completion_text)
-        target = extract_answer(gold) or gold          # gold may be a bare answer or a whole solution
+        target = extract_answer(gold) or gold  # gold may be a bare answer or a whole solution
         return pred is not None and isinstance(target, str) and is_equiv(pred, target)
-    except (Exception, _Timeout):                      # a timeout can land just after the limited call
+    except (Exception, _Timeout):  # a timeout can land just after the limited call
         return False

@@ -34,24 +34,31 @@ import random
 import re
 from pathlib import Path
 
-from data import ANSWER_PREFIX, STEP_TAG, Problem, answer_from_text, format_prompt, join_steps, split_steps
+from data import (ANSWER_PREFIX, STEP_TAG, Problem, answer_from_text, format_prompt, join_steps,
+                  split_steps)
 
-POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")  # the tiny policy, shipped in the repo
-# how it was made (deterministic on a given machine; a few minutes on 2 cores): the project's one training loop
-POLICY_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch --steps 1200 "
-                  "--batch-size 32 --lr 1e-3 --seed 0 --out data/synthetic_policy")
-# the verifier base the reward models are fine-tuned from (bench/reproduce.py, ppo.py's default PRM): twice the
-# policy's depth (8 layers), an LM head of its own, SFT-trained on 200k problems. Trained on one H200 GPU, whose time
-# limit stopped the run after its step-3,000 checkpoint (143 s): that checkpoint ships (heldout loss 0.008, greedy test
-# accuracy 0.935 vs the policy's 0.525; the earlier 4-layer base, 0.975, made reward models blind within a problem).
+# the tiny policy, shipped in the repo
+POLICY_DIR = str(Path(__file__).resolve().parent / "synthetic_policy")
+# how it was made (deterministic on a given machine; a few minutes on 2 cores): the project's one
+# training loop
+POLICY_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch "
+                  "--steps 1200 --batch-size 32 --lr 1e-3 --seed 0 --out data/synthetic_policy")
+# the verifier base the reward models are fine-tuned from (bench/reproduce.py, ppo.py's default
+# PRM): twice the policy's depth (8 layers), an LM head of its own, SFT-trained on 200k problems.
+# Trained on one H200 GPU, whose time limit stopped the run after its step-3,000 checkpoint
+# (143 s): that checkpoint ships (heldout loss 0.008, greedy test accuracy 0.935 vs the policy's
+# 0.525; the earlier 4-layer base, 0.975, made reward models blind within a problem).
 VERIFIER_DIR = str(Path(__file__).resolve().parent / "synthetic_verifier")
-VERIFIER_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch --scratch-size deep "
-                    "--untie --steps 8000 --batch-size 64 --lr 1e-3 --warmup 200 --num-examples 200000 --heldout 0.01 "
-                    "--eval-every 1000 --save-every 1000 --eval-problems 0 --seed 0 --out data/synthetic_verifier")
-# the reward models fine-tuned from it (bench/reproduce.py's sizes, ppo.py's default PRM): Monte-Carlo labels of the
-# policy's solutions (problems x solutions, N completions per step), then `steps` of `batch` (3 epochs) at `lr`. Table 1's
-# earlier 400 problems and 300 steps leave any base blind within a problem (README: the verifier-capacity curve).
-RM_RECIPE = {"problems": 2500, "solutions": 8, "completions": 4, "steps": 1875, "batch": 32, "lr": 3e-4}
+VERIFIER_COMMAND = ("python shepherd.py train --objective sft --task synthetic --model scratch "
+                    "--scratch-size deep --untie --steps 8000 --batch-size 64 --lr 1e-3 "
+                    "--warmup 200 --num-examples 200000 --heldout 0.01 --eval-every 1000 "
+                    "--save-every 1000 --eval-problems 0 --seed 0 --out data/synthetic_verifier")
+# the reward models fine-tuned from it (bench/reproduce.py's sizes, ppo.py's default PRM):
+# Monte-Carlo labels of the policy's solutions (problems x solutions, N completions per step), then
+# `steps` of `batch` (3 epochs) at `lr`. Table 1's earlier 400 problems and 300 steps leave any base
+# blind within a problem (README: the verifier-capacity curve).
+RM_RECIPE = {"problems": 2500, "solutions": 8, "completions": 4, "steps": 1875, "batch": 32,
+             "lr": 3e-4}
 SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 500}
 SPLITS = tuple(SPLIT_SIZES)
 
@@ -60,23 +67,28 @@ SPLITS = tuple(SPLIT_SIZES)
 
 NAMES = {"Tom": "he", "Ben": "he", "Sam": "he", "Max": "he", "Leo": "he",
          "Ann": "she", "Mia": "she", "Zoe": "she", "Lily": "she", "Emma": "she"}
-ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "cards", "coins", "shells", "stamps", "books"]
+ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "cards", "coins", "shells",
+         "stamps", "books"]
 CONTAINERS = {"boxes": "box", "bags": "bag", "jars": "jar", "packs": "pack", "baskets": "basket"}
 # every sentence the world can say; {P} is the pronoun at the start of a sentence, {p} inside one
 TEMPLATES = {
     "start": "{N} has {a} {items}.",
     "start_mul": "{N} has {a} {boxes} with {b} {items} in each.",
     "distractor": "{P} also has {a} {others}.",
-    "add": ["{P} buys {a} more {items}.", "{P} finds {a} more {items}.", "{P} gets {a} more {items}."],
+    "add": ["{P} buys {a} more {items}.", "{P} finds {a} more {items}.",
+            "{P} gets {a} more {items}."],
     "add_mul": "{P} buys {a} more {boxes} with {b} {items} in each.",
     "sub": ["{P} gives {a} {items} to {O}.", "{P} loses {a} {items}.", "{P} sells {a} {items}."],
     "sub_mul": "{P} gives {a} {items} to each of {b} friends.",
     "mul": "Then {p} has {a} times as many {items} as before.",
     "div": "{P} splits them equally into {a} piles and keeps one pile.",
     "ask": "How many {items} does {N} have now?",
-    "ask_more": "{O} has {a} more {items} than {N} has now. How many {items} do they have together?",
-    "ask_fewer": "{O} has {a} fewer {items} than {N} has now. How many {items} do they have together?",
-    "ask_times": "{O} has {a} times as many {items} as {N} has now. How many {items} do they have together?",
+    "ask_more": "{O} has {a} more {items} than {N} has now. "
+                "How many {items} do they have together?",
+    "ask_fewer": "{O} has {a} fewer {items} than {N} has now. "
+                 "How many {items} do they have together?",
+    "ask_times": "{O} has {a} times as many {items} as {N} has now. "
+                 "How many {items} do they have together?",
     "ask_each": "{P} puts them equally into {a} {boxes}. How many {items} are in each {box}?",
 }
 STEP_COUNTS = {2: 0.2, 3: 0.25, 4: 0.25, 5: 0.18, 6: 0.12}  # operations per problem -> probability
@@ -113,17 +125,20 @@ class _Story:
 
 
 def _event(s: _Story, kind: str, v: str) -> str | None:
-    """Tell one event that changes the running amount v; the new amount's ref, or None if it can't."""
+    """Tell one event that changes the running amount v;
+    the new amount's ref, or None if it can't."""
     r, x = s.rng, s.value(v)
     if kind == "add":
         return s.op("+", v, *s.say(TEMPLATES["add"], a=r.randint(2, 30)))
     if kind == "add_mul":
-        return s.op("+", v, s.op("*", *s.say(TEMPLATES["add_mul"], a=r.randint(2, 9), b=r.randint(2, 9))))
+        return s.op("+", v, s.op("*", *s.say(TEMPLATES["add_mul"], a=r.randint(2, 9),
+                                             b=r.randint(2, 9))))
     if kind == "sub" and x >= 4:
         return s.op("-", v, *s.say(TEMPLATES["sub"], a=r.randint(2, min(30, x - 2))))
     if kind == "sub_mul" and x >= 6:
         a = r.randint(2, min(9, (x - 2) // 2))
-        return s.op("-", v, s.op("*", *s.say(TEMPLATES["sub_mul"], a=a, b=r.randint(2, min(9, (x - 2) // a)))))
+        return s.op("-", v, s.op("*", *s.say(TEMPLATES["sub_mul"], a=a,
+                                             b=r.randint(2, min(9, (x - 2) // a)))))
     if kind == "mul" and 2 * x <= MAX_VALUE:
         return s.op("*", v, *s.say(TEMPLATES["mul"], a=r.randint(2, min(4, MAX_VALUE // x))))
     divisors = [k for k in range(2, 10) if x % k == 0 and x // k >= 2]
@@ -138,22 +153,25 @@ def make_problem(rng: random.Random) -> Problem:
         name, other = rng.sample(sorted(NAMES), 2)
         boxes = rng.choice(sorted(CONTAINERS))
         items, others = rng.sample(ITEMS, 2)
-        words = dict(N=name, O=other, P=NAMES[name].capitalize(), p=NAMES[name], items=items, others=others,
-                     boxes=boxes, box=CONTAINERS[boxes])
+        words = dict(N=name, O=other, P=NAMES[name].capitalize(), p=NAMES[name], items=items,
+                     others=others, boxes=boxes, box=CONTAINERS[boxes])
         s = _Story(rng, words)
         n_ops = rng.choices(list(STEP_COUNTS), weights=list(STEP_COUNTS.values()))[0]
         ask = rng.choice(["ask", "ask", "ask_more", "ask_fewer", "ask_times", "ask_each"])
         left = n_ops - {"ask": 0, "ask_each": 1}.get(ask, 2)
         if left >= 1 and rng.random() < 0.5:
-            v, left = s.op("*", *s.say(TEMPLATES["start_mul"], a=rng.randint(2, 9), b=rng.randint(2, 9))), left - 1
+            v, left = s.op("*", *s.say(TEMPLATES["start_mul"], a=rng.randint(2, 9),
+                                       b=rng.randint(2, 9))), left - 1
         else:
             v = s.say(TEMPLATES["start"], a=rng.randint(2, 30))[0]
         if rng.random() < 0.2:
             s.say(TEMPLATES["distractor"], a=rng.randint(2, 30))
         while left > 0:
-            kinds = ["add", "sub", "sub", "mul", "div"] + (["add_mul", "sub_mul"] if left >= 2 else [])
+            kinds = (["add", "sub", "sub", "mul", "div"]
+                     + (["add_mul", "sub_mul"] if left >= 2 else []))
             n_before = len(s.ops)
-            v = _event(s, rng.choice(kinds), v) or v  # None: that event can't happen now, try another
+            # None: that event can't happen now, try another
+            v = _event(s, rng.choice(kinds), v) or v
             left -= len(s.ops) - n_before
         x = s.value(v)
         if ask == "ask":
@@ -171,10 +189,11 @@ def make_problem(rng: random.Random) -> Problem:
             v = s.op("+", v, s.op(sym, v, *s.say(TEMPLATES[ask], a=a)))
         if not all(2 <= y <= MAX_VALUE for y in s.values):
             continue
-        steps = [f"{s.value(a)} {sym} {s.value(b)} = {y}" for (sym, a, b), y in zip(s.ops, s.values)]
+        steps = [f"{s.value(a)} {sym} {s.value(b)} = {y}"
+                 for (sym, a, b), y in zip(s.ops, s.values)]
         answer = str(s.values[-1])
-        meta = {"solution": join_steps(steps + [f"{ANSWER_PREFIX} {answer}"]), "quantities": s.quantities,
-                "ops": s.ops, "values": s.values}
+        meta = {"solution": join_steps(steps + [f"{ANSWER_PREFIX} {answer}"]),
+                "quantities": s.quantities, "ops": s.ops, "values": s.values}
         return Problem(id="", question=" ".join(s.sentences), answer=answer, meta=meta)
 
 
@@ -209,12 +228,14 @@ def sft_records(split: str = "train", n: int | None = None):
 
 
 _NUMBER = re.compile(r"\$?\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0*)?\s*\.?")
-_MAX_DIGITS = 100  # longer numbers are none of this world's; keeps int(), superlinear in the digits, off them
+# longer numbers are none of this world's; keeps int(), superlinear in the digits, off them
+_MAX_DIGITS = 100
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer as a canonical integer string ('1,000.' -> '1000'), or None if there is none.
-    Linear: string search, then one anchored match that backs off each of its runs at most once."""
+    """The final answer as a canonical integer string ('1,000.' -> '1000'), or None if there
+    is none. Linear: string search, then one anchored match that backs off each of its runs at
+    most once."""
     try:
         m = _NUMBER.fullmatch(answer_from_text(text) or "")
         digits = m[1].replace(",", "") if m else ""
@@ -288,13 +309,15 @@ def _derive(step: str, nodes: list, readings: set, value: dict, allow_repeats: b
     x, sym, y, z = int(m[1]), m[2], int(m[3]), int(m[4])
     out = set()
     for reading in readings:
-        for n1, s1, o1 in (i for i in reading if value[i] == x and i != ROOT and sym in nodes[i[0]][0]):
+        for n1, s1, o1 in (i for i in reading
+                           if value[i] == x and i != ROOT and sym in nodes[i[0]][0]):
             for n2, s2, o2 in (i for i in reading if value[i] == y and i[0] == n1):
                 if s1 & s2 or (o1 == o2) != (sym in "+*"):
                     continue
                 made = [(n1, s1 | s2, o1)]
                 if len(s1 | s2) == len(nodes[n1][1]) and o1 == 1:  # the node is done
-                    made = [(p, frozenset([k]), nodes[p][1][k][0]) for p, k in nodes[n1][2]] or [ROOT]
+                    made = ([(p, frozenset([k]), nodes[p][1][k][0]) for p, k in nodes[n1][2]]
+                            or [ROOT])
                 if allow_repeats or not reading.issuperset(made):
                     value.update((i, z) for i in made)
                     out.add(reading.union(made))
@@ -307,12 +330,12 @@ def step_truth(problem: Problem, steps: list[str], allow_repeats: bool = False) 
     A step is True iff every step before it is True and
       * it is one equation 'x op y = z' of natural numbers, op in + - * / (a sentence, a negative
         number or two operations is False), with the arithmetic right (division exact);
-      * x and y are quantities of the question or values of earlier steps, and x op y is part of the
-        computation up to commutativity and associativity: it joins two disjoint parts of one sum
-        (of signed terms) or product (of factors and divisors) of the flattened program, in the right
-        direction ('4 * 3' for '3 * 4', '3 + 5 = 8' then '20 - 8' for '20 - 3 - 5', independent steps
-        in any order; not '(a - b) * k' distributed, and a value the question uses twice must be
-        derived whole, then reused);
+      * x and y are quantities of the question or values of earlier steps, and x op y is part of
+        the computation up to commutativity and associativity: it joins two disjoint parts of one
+        sum (of signed terms) or product (of factors and divisors) of the flattened program, in the
+        right direction ('4 * 3' for '3 * 4', '3 + 5 = 8' then '20 - 8' for '20 - 3 - 5',
+        independent steps in any order; not '(a - b) * k' distributed, and a value the question
+        uses twice must be derived whole, then reused);
       * it derives something new: a repeated step is False (unless allow_repeats), and so is one
         computation standing in for two that coincide in value (2 * 6 = 12 for 3 * 4 as well);
     and 'The answer is: X' is True iff the steps before it are True, derived the whole answer, and
@@ -321,15 +344,18 @@ def step_truth(problem: Problem, steps: list[str], allow_repeats: bool = False) 
     all earlier steps are right. After a False step all are False (PRM800K labels stop at the first
     error), and nothing may follow the answer step."""
     if "ops" not in problem.meta:
-        raise ValueError(f"{problem.id}: not a synthetic-world problem (no program in meta), so no step truth")
+        raise ValueError(f"{problem.id}: not a synthetic-world problem (no program in meta), "
+                         f"so no step truth")
     nodes, quantities = _tree(problem.meta), problem.meta["quantities"]
     value = {(nid, frozenset([k]), sign): quantities[child[1]]
-             for nid, (_, slots, _) in enumerate(nodes) for k, (sign, child) in enumerate(slots) if child[0] == "q"}
+             for nid, (_, slots, _) in enumerate(nodes)
+             for k, (sign, child) in enumerate(slots) if child[0] == "q"}
     readings, truth, ended = {frozenset(value)}, [], False
     for step in steps:
         if readings and not ended and answer_from_text(step) is not None:
             ended = True
-            readings = readings if any(ROOT in r for r in readings) and grade(step, problem.answer) else set()
+            readings = (readings if any(ROOT in r for r in readings) and grade(step, problem.answer)
+                        else set())
         elif readings and not ended:
             readings = _derive(step, nodes, readings, value, allow_repeats)
         else:
@@ -339,9 +365,10 @@ def step_truth(problem: Problem, steps: list[str], allow_repeats: bool = False) 
 
 
 def corrupt(problem: Problem, rng: random.Random) -> str:
-    """A solution with one plausible error carried forward (a result off by a little, a wrong operand or
-    operation, a skipped step), or a 'slip', a wrong result later steps ignore (small models do this: the
-    commonest way to be right by luck). For tests and label audits, not for training."""
+    """A solution with one plausible error carried forward (a result off by a little, a wrong
+    operand or operation, a skipped step), or a 'slip', a wrong result later steps ignore (small
+    models do this: the commonest way to be right by luck). For tests and label audits, not for
+    training."""
     q, ops = problem.meta["quantities"], problem.meta["ops"]
     for _ in range(20):  # retry slips that make a later division inexact or a value negative
         i = rng.randrange(len(ops))
@@ -368,9 +395,10 @@ def corrupt(problem: Problem, rng: random.Random) -> str:
 
 
 def slip_pairs(problems: list[Problem], seed: int = 0) -> list[tuple[str, list[str], list[str]]]:
-    """(question, reference steps up to a random non-final step k, the same with step k's result off by 1, 2
-    or 10): an arithmetic slip, the policy's commonest first error. A verifier that checks steps scores the
-    first above the second; one that only knows the problem's difficulty cannot (verify's slip_auc)."""
+    """(question, reference steps up to a random non-final step k, the same with step k's result
+    off by 1, 2 or 10): an arithmetic slip, the policy's commonest first error. A verifier that
+    checks steps scores the first above the second; one that only knows the problem's difficulty
+    cannot (verify's slip_auc)."""
     rng, pairs = random.Random(seed), []
     for p in problems:
         steps = split_steps(p.meta["solution"])
@@ -386,26 +414,31 @@ def slip_pairs(problems: list[Problem], seed: int = 0) -> list[tuple[str, list[s
 # the tokenizer: one token per word, digit, symbol and newline; a space is folded into what follows
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, as in Mistral (plus a real pad)
-TAG_TOKEN, GOOD_TOKEN, BAD_TOKEN = "▁" + STEP_TAG, "▁+", "▁-"  # like Mistral's '▁ки', '▁+', '▁-'
-_PIECES = r"▁?\p{L}+|▁?[^\p{L}\p{N}\s▁]|\p{N}|\n|▁"  # a word, a symbol, a digit, a newline, a space
+# like Mistral's '▁ки', '▁+', '▁-'
+TAG_TOKEN, GOOD_TOKEN, BAD_TOKEN = "▁" + STEP_TAG, "▁+", "▁-"
+# a word, a symbol, a digit, a newline, a space
+_PIECES = r"▁?\p{L}+|▁?[^\p{L}\p{N}\s▁]|\p{N}|\n|▁"
 
 
 def _vocab() -> list[str]:
     """Every piece the world can write: specials, space, newline, digits, symbols and words
     (with and without a space before them)."""
     pronouns = set(NAMES.values())
-    texts = [ANSWER_PREFIX, STEP_TAG, *NAMES, *pronouns, *(w.capitalize() for w in pronouns), *ITEMS,
-             *CONTAINERS, *CONTAINERS.values()]
+    texts = [ANSWER_PREFIX, STEP_TAG, *NAMES, *pronouns, *(w.capitalize() for w in pronouns),
+             *ITEMS, *CONTAINERS, *CONTAINERS.values()]
     for t in TEMPLATES.values():
         texts += [re.sub(r"\{\w+\}", " ", x) for x in (t if isinstance(t, list) else [t])]
     words = sorted({w for t in texts for w in re.findall(r"[^\W\d_]+", t)})
     symbols = list(".,:?!$'+-*/=()%")
-    return SPECIAL_TOKENS + ["▁", "\n"] + list("0123456789") + [p + s for s in symbols + words for p in ("", "▁")]
+    return (SPECIAL_TOKENS + ["▁", "\n"] + list("0123456789")
+            + [p + s for s in symbols + words for p in ("", "▁")])
 
 
 def build_tokenizer(out_dir: str | None = None):
-    """The world's tokenizer (a tokenizers.Tokenizer); with out_dir, saved there Hugging Face style."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    """The world's tokenizer (a tokenizers.Tokenizer);
+    with out_dir, saved there Hugging Face style."""
+    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            processors)
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(_vocab())}, unk_token="<unk>"))
     tok.add_special_tokens(SPECIAL_TOKENS)
     tok.normalizer = normalizers.Replace(" ", "▁")
@@ -418,8 +451,9 @@ def build_tokenizer(out_dir: str | None = None):
         out.mkdir(parents=True, exist_ok=True)
         tok.save(str(out / "tokenizer.json"))
         special = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-        config = dict(special, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True, add_eos_token=False,
-                      clean_up_tokenization_spaces=False, model_max_length=512)
+        config = dict(special, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True,
+                      add_eos_token=False, clean_up_tokenization_spaces=False,
+                      model_max_length=512)
         (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return tok
