@@ -69,7 +69,8 @@ class ModelConfig:
         d = dict(d)
         mt = d.get("model_type")
         if mt not in ("mistral", "llama"):
-            raise ValueError(f"{source}: model_type {mt!r} is not supported; expected 'mistral' or 'llama'")
+            raise ValueError(f"{source}: model_type {mt!r} is not supported; "
+                             f"expected 'mistral' or 'llama'")
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
@@ -78,7 +79,8 @@ class ModelConfig:
         if "rope_theta" in rope:  # newer files keep theta in rope_parameters; that one is in force
             d["rope_theta"] = rope["rope_theta"]
         if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"{source}: hidden_act {d['hidden_act']!r} is not supported; expected 'silu'")
+            raise ValueError(f"{source}: hidden_act {d['hidden_act']!r} is not supported; "
+                             f"expected 'silu'")
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         if mt == "llama" or not d.get("use_sliding_window", True):
@@ -105,7 +107,8 @@ class ModelConfig:
         d.pop("rope_parameters", None)  # rope_theta goes at top level: every reader knows it
         d.pop("rope_scaling", None)
         d.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
-        d["architectures"] = ["MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"]
+        d["architectures"] = ["MistralForCausalLM" if self.model_type == "mistral"
+                              else "LlamaForCausalLM"]
         d["hidden_act"] = "silu"
         if self.model_type == "llama":
             d.pop("sliding_window")
@@ -129,11 +132,13 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
-def rope_table(length: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(length: int, head_dim: int, theta: float,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin (-sin, +sin) for positions 0..length-1, each (length, head_dim), in fp32.
     Half-split (HF's rotate_half): frequency k drives dims k and k + head_dim/2, so HF's q/k weights
     load unpermuted (the interleaved convention would run, and give wrong logits)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    even = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+    inv_freq = 1.0 / (theta ** (even / head_dim))
     # angles: (length, head_dim/2)
     angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
     sin = angles.sin()
@@ -160,7 +165,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        h, d, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        h, d = cfg.hidden_size, cfg.head_dim
+        nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.q_proj = nn.Linear(h, nh * d, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(h, nkv * d, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(h, nkv * d, bias=cfg.attention_bias)
@@ -181,7 +187,8 @@ class Attention(nn.Module):
             k, v = cache_k[:B, :, :kv_len], cache_v[:B, :, :kv_len]
         # grouped-query attention: enable_gqa shares k/v heads without HF's repeat_kv copies
         gqa = c.num_key_value_heads != c.num_attention_heads
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -205,7 +212,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, positions, mask, cache_k=None, cache_v=None, kv_len=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, cache_k, cache_v, kv_len)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask,
+                               cache_k, cache_v, kv_len)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -220,10 +228,12 @@ class KVCache:
     position may be stale: causality masks them. Allocated once (static addresses, so a CUDA graph
     can capture the decode step)."""
 
-    def __init__(self, cfg: ModelConfig, max_batch: int, max_len: int, dtype=torch.float32, device="cpu"):
+    def __init__(self, cfg: ModelConfig, max_batch: int, max_len: int, dtype=torch.float32,
+                 device="cpu"):
         shape = (max_batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        layers = range(cfg.num_hidden_layers)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in layers]
         self.max_batch, self.max_len = max_batch, max_len
 
     def copy_rows(self, src: torch.Tensor, dst: torch.Tensor, length: int):
@@ -368,7 +378,8 @@ class Transformer(nn.Module):
                         continue
                     if not check_only:
                         state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
-        problems += [f"missing tensor {k!r} (shape {s})" for k, s in expected.items() if k not in seen]
+        problems += [f"missing tensor {k!r} (shape {s})" for k, s in expected.items()
+                     if k not in seen]
         if problems:
             raise CheckpointError(
                 f"{folder}: checkpoint does not match the model:\n  " + "\n  ".join(problems))
@@ -410,7 +421,8 @@ class Transformer(nn.Module):
                 weight_map = {}
                 for i, names in enumerate(shards):
                     name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                    save_file({k: tensors[k] for k in names}, str(tmp / name), metadata={"format": "pt"})
+                    save_file({k: tensors[k] for k in names}, str(tmp / name),
+                              metadata={"format": "pt"})
                     weight_map.update({k: name for k in names})
                 total = sum(t.numel() * t.element_size() for t in tensors.values())
                 write_json(tmp / "model.safetensors.index.json",
@@ -518,7 +530,8 @@ def safetensors_files(folder: Path) -> list[Path]:
         return [folder / n for n in names]
     if (folder / "model.safetensors").exists():
         return [folder / "model.safetensors"]
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    pickles = sorted(p.name for p in folder.iterdir()
+                     if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     if pickles:
         raise CheckpointError(f"{folder}: only pickled weights ({', '.join(pickles)}); "
                               "Shepherd never unpickles. Convert them to safetensors first.")
@@ -569,7 +582,8 @@ class Tokenizer:
         base = self.tok.encode("1", add_special_tokens=False).ids
         ids = self.tok.encode(f"1 {text}", add_special_tokens=False).ids
         if not text.strip() or ids[:len(base)] != base or len(ids) == len(base):
-            raise ValueError(f"{text!r} after a space does not tokenize on its own: {ids} after {base}")
+            raise ValueError(f"{text!r} after a space does not tokenize on its own: "
+                             f"{ids} after {base}")
         return tuple(ids[len(base):])
 
     def add_token(self, text: str) -> int:
@@ -631,17 +645,20 @@ class PRMHead:
     text: str = "ки"  # the tag as written (data.to_model_tag writes a file's " ки" as it)
 
     def __post_init__(self):
-        object.__setattr__(self, "tag", (self.tag,) if isinstance(self.tag, int) else tuple(self.tag))
+        tag = (self.tag,) if isinstance(self.tag, int) else tuple(self.tag)
+        object.__setattr__(self, "tag", tag)
 
     @classmethod
     def from_tokenizer(cls, tok: Tokenizer, tag="ки", good="+", bad="-") -> "PRMHead":
         head = cls(tok.tag_tokens(tag), label_token(tok, good), label_token(tok, bad), tag)
         if head.good_id == head.bad_id:
-            raise ValueError(f"{good!r} and {bad!r}: expected two different tokens; both are {head.good_id}")
+            raise ValueError(f"{good!r} and {bad!r}: expected two different tokens; "
+                             f"both are {head.good_id}")
         return head
 
 
-def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead, **forward_kw) -> torch.Tensor:
+def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead,
+                **forward_kw) -> torch.Tensor:
     """(B, S) -> (B, S, 2): the LM-head logits of [good, bad] at every position, in fp32.
     Only those two LM-head rows are multiplied. The PRM loss and step_scores both read this."""
     hidden = model(input_ids, return_hidden=True, **forward_kw)  # model may be a DDP/FSDP wrapper
@@ -653,4 +670,5 @@ def step_scores(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> l
     """Every step's p(+) for a right-padded batch, one forward pass: a list per row, in step order.
     The padding id must not be a token of the tag."""
     p_good = step_logits(model, input_ids, head).softmax(-1)[..., 0]
-    return [p_good[b, tag_positions(row, head.tag)].tolist() for b, row in enumerate(input_ids.tolist())]
+    return [p_good[b, tag_positions(row, head.tag)].tolist()
+            for b, row in enumerate(input_ids.tolist())]

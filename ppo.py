@@ -254,19 +254,20 @@ class Grid(TypedDict, total=False):
 
 def pad_rows(rows: list[list], value, dtype, device, width: int | None = None) -> torch.Tensor:
     width = width or max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=dtype, device=device)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=dtype,
+                        device=device)
 
 
 def make_grid(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device) -> Grid:
-    """ids, act, pos and mask. Masks come from lengths, never ids == pad: the pad id need only differ
-    from EOS and the tag."""
+    """ids, act, pos and mask. Masks come from lengths, never ids == pad: the pad id need only
+    differ from EOS and the tag."""
     P = torch.tensor([len(p) for p in prompts], device=device)
     L = torch.tensor([len(r) for r in responses], device=device)
     k = torch.arange(int(L.max()), device=device)
     mask = k[None] < L[:, None]
     pos = torch.where(mask, P[:, None] - 1 + k[None], P[:, None] - 1)  # padding: a real position
-    return Grid(ids=pad_rows([p + r for p, r in zip(prompts, responses)], pad_id, torch.long, device),
-                act=pad_rows(responses, pad_id, torch.long, device), pos=pos, mask=mask)
+    ids = pad_rows([p + r for p, r in zip(prompts, responses)], pad_id, torch.long, device)
+    return Grid(ids=ids, act=pad_rows(responses, pad_id, torch.long, device), pos=pos, mask=mask)
 
 
 def token_logprobs(model: nn.Module, g: Grid, temperature: float, entropy: bool = False):
@@ -528,7 +529,8 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, timer) ->
         else:  # the reward model reads the policy's tokens (its tag maybe its own token: rm_view)
             p_end = step_end_probs(M.rm, prompts, responses, steps, head, M.pad_id, M.device,
                                    M.rm_head)
-        answered = torch.tensor([task.extract_answer(t) is not None for t in texts], device=M.device)
+        answered = torch.tensor([task.extract_answer(t) is not None for t in texts],
+                                device=M.device)
         ends = end_mask(steps, g["mask"].shape).to(M.device)
         score = score_rewards(ends, p_end, g["mask"], answered, kind=cfg.reward,
                               center=cfg.reward_center, penalty=cfg.no_answer_penalty)
@@ -562,7 +564,8 @@ def build_batch(cfg: Config, rows: list[Rollout], M) -> Grid:
     R = g["mask"].shape[1]
     for key in ("old_lp", "ref_lp", "value", "score"):
         g[key] = pad_rows([r[key] for r in rows], 0.0, torch.float32, M.device, R)
-    g["rewards"], g["kl"] = total_rewards(g["score"], g["old_lp"], g["ref_lp"], g["mask"], cfg.kl_coef)
+    g["rewards"], g["kl"] = total_rewards(g["score"], g["old_lp"], g["ref_lp"], g["mask"],
+                                          cfg.kl_coef)
     if not torch.isfinite(g["rewards"]).all() or not torch.isfinite(g["value"]).all():
         raise NonFinite("non-finite rewards or values in the rollout")
     assert not g["rewards"][~g["mask"]].any(), "a reward sits on padding"
@@ -849,7 +852,8 @@ def summarize(rows: list[Rollout], g: Grid) -> dict:
             "reward/mean_step_p": sum(scores) / max(1, len(scores)),
             "policy/kl": g["kl"].sum().item() / n,  # per response: sum of log pi_old - log pi_ref
             "value/explained_var": 1 - ((ret - val).var() / ret.var().clamp(min=1e-8)).item(),
-            "rollout/length": m.sum().item() / n, "rollout/steps": sum(r["steps"] for r in rows) / n,
+            "rollout/length": m.sum().item() / n,
+            "rollout/steps": sum(r["steps"] for r in rows) / n,
             "rollout/step_tokens": m.sum().item() / max(1, sum(r["steps"] for r in rows)),
             "rollout/truncated": sum(r["finish"] == "length" for r in rows) / n,
             "rollout/no_answer": sum(not r["answered"] for r in rows) / n,
@@ -863,7 +867,8 @@ OUTPUTS = ("checkpoint", "log.jsonl", "eval.json")  # what a run writes in --out
 
 def check_run(cfg: Config, d: Dist):
     """What no flag's own type can check: the batch sizes against the world size, and --out."""
-    if cfg.batch_size % cfg.minibatch_size or cfg.minibatch_size % d.world or cfg.batch_size % d.world:
+    if (cfg.batch_size % cfg.minibatch_size or cfg.minibatch_size % d.world
+            or cfg.batch_size % d.world):
         raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size "
                          f"{cfg.minibatch_size}, itself a multiple of the world size {d.world}")
     out = Path(cfg.out)
@@ -918,7 +923,8 @@ def run(argv=None) -> int:
     resume = start > 0
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
-    train, val = task.load("train"), task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
+    train = task.load("train")
+    val = task.load(heldout)[:cfg.eval_problems] if cfg.eval_problems else []
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     # no CUDA graphs under FSDP (weights move) or autocast (a graph would keep its first bf16 casts)
     eager = cfg.fsdp or not isinstance(M.amp, contextlib.nullcontext)
@@ -927,7 +933,8 @@ def run(argv=None) -> int:
     log = (shepherd.open_log(out / "log.jsonl", start if resume else None, "iteration")
            if d.main else None)
     if d.main:
-        print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)), flush=True)
+        print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)),
+              flush=True)
     if not resume and cfg.eval_problems:
         acc = greedy_accuracy(cfg, M, sampler, val, d)
         if d.main:

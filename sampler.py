@@ -155,7 +155,8 @@ class Sampler:
         self.prefill_tokens = prefill_tokens  # per prefill forward: bounds attention scores' memory
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
-        self.graphs = {} if (cuda_graphs is None and self.device.type == "cuda") or cuda_graphs else None
+        on = cuda_graphs or (cuda_graphs is None and self.device.type == "cuda")
+        self.graphs = {} if on else None
         self.pool = torch.cuda.graph_pool_handle() if self.graphs is not None else None
         # per-row state, by batch row == cache row; static, so a CUDA graph reads fixed addresses
         dtypes = dict(temp=torch.float, top_p=torch.float, done=torch.bool)
@@ -206,7 +207,8 @@ class Sampler:
         rows = []
         for i, ((s, t), m) in enumerate(zip(forks, limits)):
             if not 0 <= s < len(sequences):
-                raise ValueError(f"fork {i}: sequence index {s} out of range ({len(sequences)} sequences)")
+                raise ValueError(f"fork {i}: sequence index {s} out of range "
+                                 f"({len(sequences)} sequences)")
             fork_seed = seeds[i] if seeds is not None else child_seed(base, i)
             rows += [_Row(s, t, m, child_seed(fork_seed, j)) for j in range(num_samples)]
         flat = self._run(sequences, rows, temperature, top_k, top_p, stop_ids)
@@ -249,7 +251,8 @@ class Sampler:
                                [(slot[r.seq], r.prefix - 1) for r in rows])
         src = [slot[r.seq] for r in rows]
         if src != list(range(n)):  # fork: row i starts from its sequence's cache (past t: masked)
-            self.cache.copy_rows(torch.tensor(src, device=dev), torch.arange(n, device=dev), max(length))
+            self.cache.copy_rows(torch.tensor(src, device=dev), torch.arange(n, device=dev),
+                                 max(length))
 
         b = self._bucket(n)
         T = max(r.max_new for r in rows)

@@ -77,7 +77,8 @@ def load_model(path, what: str, dtype=torch.float32, device="cpu",
             raise InputError(f"{folder}: no {name} ({what} needs a Hugging Face checkpoint folder "
                              f"with config.json, tokenizer.json and safetensors weights)")
     try:
-        model = Transformer.from_pretrained(folder, dtype=dtype, device=device, check_only=check_only)
+        model = Transformer.from_pretrained(folder, dtype=dtype, device=device,
+                                            check_only=check_only)
     except SafetensorError as e:
         raise InputError(f"{folder}: unreadable safetensors weights ({e})") from None
     except (ValueError, OSError) as e:  # CheckpointError, a bad config.json, an unreadable file
@@ -88,8 +89,9 @@ def load_model(path, what: str, dtype=torch.float32, device="cpu",
         raise InputError(f"{folder / 'tokenizer.json'}: not a tokenizer the tokenizers library "
                          f"reads ({e})") from None
     if tok.vocab_size > model.config.vocab_size:
-        raise InputError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} tokens do not fit the model's "
-                         f"embedding ({model.config.vocab_size} rows): a tokenizer from another model?")
+        raise InputError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} tokens do not fit the "
+                         f"model's embedding ({model.config.vocab_size} rows): a tokenizer from "
+                         f"another model?")
     return model, tok
 
 
@@ -277,7 +279,8 @@ def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dic
     if pack_len:
         rows = []
         for e in batch:
-            fit = next((r for r in rows if sum(len(x.ids) for x in r) + len(e.ids) <= pack_len), None)
+            fit = next((r for r in rows if sum(len(x.ids) for x in r) + len(e.ids) <= pack_len),
+                       None)
             rows.append([e]) if fit is None else fit.append(e)
     S = max(sum(len(e.ids) for e in r) for r in rows)
     ids = torch.full((len(rows), S), pad_id, dtype=torch.long)
@@ -571,7 +574,8 @@ def heldout_metrics(model: Transformer, held: list[Example], objective: str,
     return res
 
 
-def save_train_checkpoint(model: Transformer, out: Path, tok_dir: Path, opt, step: int, settings: dict):
+def save_train_checkpoint(model: Transformer, out: Path, tok_dir: Path, opt, step: int,
+                          settings: dict):
     """The checkpoint with the trainer's state beside it: trainer_state.pt (optimizer, step) to
     resume, or, once training is done (opt None), trainer_state.json."""
     if opt is None:
@@ -721,7 +725,8 @@ def cmd_train(args: TrainConfig) -> int:
     out = Path(args.out)
     state = train_state(out, args.restart)
     if state == "done":
-        print(f"{out}: training already finished (trainer_state.json); pass --restart to train again")
+        print(f"{out}: training already finished (trainer_state.json); "
+              f"pass --restart to train again")
         return 0
     T = make_trainer(args, d, state == "resume")
     if T.start and d.main:
@@ -855,7 +860,8 @@ class Labeler:
             if not steps:
                 self.stats["skipped"] += 1
                 continue
-            sols[problem.id].append(Solution(problem, j, steps, o.tokens[:ends[len(steps) - 1] + 1]))
+            tokens = o.tokens[:ends[len(steps) - 1] + 1]
+            sols[problem.id].append(Solution(problem, j, steps, tokens))
         return sols
 
     def check_fits(self, sol: Solution, prompt=None, resp=None):
@@ -955,8 +961,8 @@ def read_solutions(path: str, task, skip_bad: bool,
         meta = problem.meta if problem is not None else {}
         pid = r.id or (f"{problem.id}@{Path(path).stem}-{n}" if problem is not None
                        else f"{Path(path).stem}-{n}")
-        problem = data.Problem(pid, r.question.strip(), r.gold if r.gold is not None else problem.answer,
-                               {**meta, "where": f"{path}:{n}"})
+        gold = r.gold if r.gold is not None else problem.answer
+        problem = data.Problem(pid, r.question.strip(), gold, {**meta, "where": f"{path}:{n}"})
         units.append((problem, [Solution(problem, 0, r.steps)]))
     return units
 
@@ -1025,7 +1031,8 @@ class Progress:
 
     def write(self, unit: str, records: list[dict]):
         try:
-            self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+            lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            self.f.write(lines.encode())
             self.f.flush()
             self.fside.write(json.dumps({"unit": unit, "end": self.f.tell()}) + "\n")
             self.fside.flush()
@@ -1372,8 +1379,8 @@ def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: li
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
     for i in progress(range(0, len(order), batch_size), desc="score", leave=False):
         idx = order[i:i + batch_size]
-        ids = [tok.encode(data.to_model_tag(texts[j], head.text))[:model.config.max_position_embeddings]
-               for j in idx]
+        ctx = model.config.max_position_embeddings
+        ids = [tok.encode(data.to_model_tag(texts[j], head.text))[:ctx] for j in idx]
         batch = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long)
         for b, x in enumerate(ids):
             batch[b, :len(x)] = torch.tensor(x)
@@ -1421,7 +1428,8 @@ def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: 
             for p in per_problem:
                 idx = rng.sample(range(len(p["answers"])), n)
                 ans = [p["answers"][i] for i in idx]
-                chosen = method_choices(ans, {k: [v[i] for i in idx] for k, v in p["scores"].items()})
+                scores = {k: [v[i] for i in idx] for k, v in p["scores"].items()}
+                chosen = method_choices(ans, scores)
                 for m, a in chosen.items():
                     hits[m] = hits.get(m, 0) + bool(p["correct"].get(a, False))
                 if "texts" in p:
@@ -1542,7 +1550,8 @@ def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tu
         from sampler import Sampler
         gen, tok = load_model(args.model or task.POLICY_DIR, "--model", dtype, device)
         out.mkdir(parents=True, exist_ok=True)
-        sampler = Sampler(gen, max_batch=args.batch_size, max_len=gen.config.max_position_embeddings)
+        sampler = Sampler(gen, max_batch=args.batch_size,
+                          max_len=gen.config.max_position_embeddings)
         sol_steps, lines = {}, []
         for p in progress(problems, desc="sample", unit="problem"):
             prompt = tok.encode(data.format_prompt(p.question))
@@ -1572,7 +1581,8 @@ def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list,
                "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format,
                "slips": len(pairs)}
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
-            scores[name], slips[name] = (json.loads(cache.read_text())[k] for k in ("scores", "slips"))
+            cached = json.loads(cache.read_text())
+            scores[name], slips[name] = cached["scores"], cached["slips"]
             continue
         rm, tok = load_model(path, f"--{name[:3].lower()} {name}", dtype, device)
         head = prm_head(tok, args.tag, args.good, args.bad)
@@ -1673,7 +1683,8 @@ def cmd_verify(args: VerifyConfig) -> int:
     atomic_write(out / "results.json", json.dumps(
         {"problems": len(problems), "curve": curve, "diagnostics": diag}, indent=1) + "\n")
     atomic_write(out / "results.csv", "N,method,mean,std\n" + "".join(
-        f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n" for n in ns for m in methods))
+        f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n"
+        for n in ns for m in methods))
     plot_curve(curve, ns, methods, out / "results.png")
     print(f"wrote {out}/results.json, results.csv ({time.time() - t0:.0f}s)")
     return 0
