@@ -266,88 +266,101 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str,
     dirs = [out / f"seed{s}" for s in seeds]
     res = [json.loads((d / "verify" / "results.json").read_text()) for d in dirs]
     ns = [n for n in res[0]["curve"] if int(n) in (1, 4, 16, 64) or int(n) == z.samples]
-    main = ["SC", "blind", "PRM-hard-min", "PRM-soft-min", "ORM", "SC+PRM-hard", "SC+PRM-soft",
-            "SC+ORM"]
     md = ["# Math-Shepherd in the synthetic world: reproduction report\n\n",
           f"`python bench/reproduce.py {' '.join(argv)}` — seeds {seeds}; "
           f"policy `{Path(policy).name}`, verifier base `{Path(verifier).name}`. "
           f"Mean ± std over seeds (population std).\n\n",
-          f"Sizes: `{json.dumps(asdict(z))}`\n\n"]
-    md.append(f"## Table 1: best-of-N on {res[0]['problems']} test problems "
-              f"({z.samples} samples each)\n\n"
-              "Accuracy (mean over random subsets of N). `blind`: what a verifier blind within a "
-              "problem gets (a random distinct text); a reward model below it is worse than no "
-              "signal.\n\n")
-    md.append(table(["N", *main],
-                    [[n, *[mean_std([r["curve"][n][m]["mean"] for r in res if m in r["curve"][n]])
-                           for m in main]] for n in ns]))
+          f"Sizes: `{json.dumps(asdict(z))}`\n\n",
+          table1_md(res, ns, z), table2_md(out, dirs, seeds, policy, z), labels_md(dirs)]
+    if z.capacity:
+        md.append(capacity_md(dirs[0], res[0], ns[-1], seeds[0], z))
+    md.append(times_md(dirs))
+    return "".join(md)
+
+
+def table1_md(res: list[dict], ns: list[str], z: Sizes) -> str:
+    main = ["SC", "blind", "PRM-hard-min", "PRM-soft-min", "ORM", "SC+PRM-hard", "SC+PRM-soft",
+            "SC+ORM"]
     diag = ["within_auc", "pooled_auc", "step_auc", "within_auc_process", "slip_auc"]
-    md.append("\nVerifier diagnostics (AUC; 0.5 = chance). within: right vs wrong solutions of the "
-              "same problem, averaged over problems with both (what reranking needs); pooled: all "
-              "solutions (also rewards knowing which problems are hard); step: each step's score "
-              "vs its exact truth; process: within, with right = every step true; slip: a "
-              "reference step vs the same step with its result off by 1, 2 or 10.\n\n")
     names = ["PRM-hard", "PRM-soft", "ORM"]
-    md.append(table(["reward model", *diag],
-                    [[n, *[mean_std([r["diagnostics"][n].get(c, float("nan"))
-                                     for r in res if n in r["diagnostics"]]) for c in diag]]
-                     for n in names]))
-    # Table 2
+    return "".join([
+        f"## Table 1: best-of-N on {res[0]['problems']} test problems ({z.samples} samples each)"
+        "\n\nAccuracy (mean over random subsets of N). `blind`: what a verifier blind within a "
+        "problem gets (a random distinct text); a reward model below it is worse than no "
+        "signal.\n\n",
+        table(["N", *main],
+              [[n, *[mean_std([r["curve"][n][m]["mean"] for r in res if m in r["curve"][n]])
+                     for m in main]] for n in ns]),
+        "\nVerifier diagnostics (AUC; 0.5 = chance). within: right vs wrong solutions of the "
+        "same problem, averaged over problems with both (what reranking needs); pooled: all "
+        "solutions (also rewards knowing which problems are hard); step: each step's score "
+        "vs its exact truth; process: within, with right = every step true; slip: a "
+        "reference step vs the same step with its result off by 1, 2 or 10.\n\n",
+        table(["reward model", *diag],
+              [[n, *[mean_std([r["diagnostics"][n].get(c, float("nan"))
+                               for r in res if n in r["diagnostics"]]) for c in diag]]
+               for n in names])])
+
+
+def table2_md(out: Path, dirs: list[Path], seeds: list[int], policy: str, z: Sizes) -> str:
     sft = sft_accuracy(out, policy, z)
     ppo = {k: [json.loads((d / f"ppo_{k}" / "eval.json").read_text())["test_greedy_accuracy"]
                for d in dirs]
            for k in ("orm", "prm", "truth")}
-    md.append(f"\n## Table 2: PPO, greedy accuracy on {z.test_problems} test problems\n\n")
-    md.append(table(["policy", *[f"seed {s}" for s in seeds], "mean ± std"],
+    row = lambda name, xs: [name, *[f"{x:.3f}" for x in xs], mean_std(xs)]  # noqa: E731
+    return (f"\n## Table 2: PPO, greedy accuracy on {z.test_problems} test problems\n\n"
+            + table(["policy", *[f"seed {s}" for s in seeds], "mean ± std"],
                     [["SFT (the policy)", *[f"{sft:.3f}"] * len(seeds), f"{sft:.3f}"],
-                     ["ORM-PPO", *[f"{x:.3f}" for x in ppo["orm"]], mean_std(ppo["orm"])],
-                     ["step-by-step PPO (PRM-hard)", *[f"{x:.3f}" for x in ppo["prm"]],
-                      mean_std(ppo["prm"])],
-                     ["step-by-step PPO, exact step truth as the PRM (oracle)",
-                      *[f"{x:.3f}" for x in ppo["truth"]], mean_std(ppo["truth"])]]))
-    # label quality
+                     row("ORM-PPO", ppo["orm"]),
+                     row("step-by-step PPO (PRM-hard)", ppo["prm"]),
+                     row("step-by-step PPO, exact step truth as the PRM (oracle)",
+                         ppo["truth"])]))
+
+
+def labels_md(dirs: list[Path]) -> str:
     q = [json.loads((d / "label" / "labels.quality.json").read_text()) for d in dirs]
-    md.append("\n## Label quality against the exact step truth (the paper's §5.2 analogue)\n\n"
-              "Steps with rollouts; hard: any completion right (Eq. 3); "
-              "soft: the fraction right (Eq. 4), >= 0.5.\n\n")
-    md.append(table(["N", "labels", "accuracy", "FP rate", "FN rate"],
+    return ("\n## Label quality against the exact step truth (the paper's §5.2 analogue)\n\n"
+            "Steps with rollouts; hard: any completion right (Eq. 3); "
+            "soft: the fraction right (Eq. 4), >= 0.5.\n\n"
+            + table(["N", "labels", "accuracy", "FP rate", "FN rate"],
                     [[v["N"], v["labels"],
                       *[mean_std([qq[k][m] for qq in q])
                         for m in ("accuracy", "false_positive_rate", "false_negative_rate")]]
                      for k, v in q[0].items()]))
-    # the capacity curve (first seed): verifier base x label count -> within-problem AUC ->
-    # best-of-N (largest N)
-    if z.capacity:
-        cap = json.loads((dirs[0] / "capacity" / "results.json").read_text())
-        n_max, rows = ns[-1], []
-        points = sorted([(f, f"{int(f * 100)}%", "verifier base") for f in z.capacity]
-                        + [(1, "", "verifier base")])
-        for f, suffix, base in points + [(1, "policy", "the policy")]:
-            r = res[0] if suffix == "" else cap
-            for kind in ("PRM-hard", "PRM-soft", "ORM"):
-                name = f"{kind}-{suffix}" if suffix else kind
-                key = name + "-min" if kind.startswith("PRM") else name
-                dg = r["diagnostics"][name]
-                rows.append([kind, base, f"{int(f * 100)}%",
-                             f"{dg.get('slip_auc', float('nan')):.3f}",
-                             f"{dg['within_auc']:.3f}", f"{r['curve'][n_max][key]['mean']:.3f}"])
-        md.append(f"\n## Verifier capacity (seed {seeds[0]}): base and label count -> "
-                  f"within-problem AUC -> best-of-{n_max}\n\n"
-                  f"blind at N = {n_max}: {res[0]['curve'][n_max]['blind']['mean']:.3f}, "
-                  f"SC: {res[0]['curve'][n_max]['SC']['mean']:.3f}.\n\n")
-        md.append(table(["reward model", "base", "labels", "slip AUC", "within AUC",
-                         f"best-of-{n_max}"], rows))
-    # stage times
-    md.append("\n## Time per stage (seconds; cpu = user + system of the stage's process)\n\n")
-    stage_rows = []
+
+
+def capacity_md(d: Path, res: dict, n_max: str, seed: int, z: Sizes) -> str:
+    """The first seed's verifier base x label count -> within-problem AUC -> best-of-n_max."""
+    cap = json.loads((d / "capacity" / "results.json").read_text())
+    rows = []
+    points = sorted([(f, f"{int(f * 100)}%", "verifier base") for f in z.capacity]
+                    + [(1, "", "verifier base")])
+    for f, suffix, base in points + [(1, "policy", "the policy")]:
+        r = res if suffix == "" else cap
+        for kind in ("PRM-hard", "PRM-soft", "ORM"):
+            name = f"{kind}-{suffix}" if suffix else kind
+            key = name + "-min" if kind.startswith("PRM") else name
+            dg = r["diagnostics"][name]
+            rows.append([kind, base, f"{int(f * 100)}%", f"{dg.get('slip_auc', float('nan')):.3f}",
+                         f"{dg['within_auc']:.3f}", f"{r['curve'][n_max][key]['mean']:.3f}"])
+    return (f"\n## Verifier capacity (seed {seed}): base and label count -> "
+            f"within-problem AUC -> best-of-{n_max}\n\n"
+            f"blind at N = {n_max}: {res['curve'][n_max]['blind']['mean']:.3f}, "
+            f"SC: {res['curve'][n_max]['SC']['mean']:.3f}.\n\n"
+            + table(["reward model", "base", "labels", "slip AUC", "within AUC",
+                     f"best-of-{n_max}"], rows))
+
+
+def times_md(dirs: list[Path]) -> str:
+    rows = []
     for d in dirs:
         for f in sorted(d.glob("*.done")):
             t = json.loads(f.read_text())
             if "wall_s" in t:
-                stage_rows.append([d.name, f.stem, f"{t['wall_s']:.0f}", f"{t['cpu_s']:.0f}",
-                                   t["threads"]])
-    md.append(table(["seed", "stage", "wall s", "cpu s", "threads"], stage_rows))
-    return "".join(md)
+                rows.append([d.name, f.stem, f"{t['wall_s']:.0f}", f"{t['cpu_s']:.0f}",
+                             t["threads"]])
+    return ("\n## Time per stage (seconds; cpu = user + system of the stage's process)\n\n"
+            + table(["seed", "stage", "wall s", "cpu s", "threads"], rows))
 
 
 def figures(out: Path, seeds: list[int], z: Sizes, policy: str):
