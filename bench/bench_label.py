@@ -179,7 +179,7 @@ def hf_per_problem_side(args, task, hf, tok, tag, units):
     return run
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", type=int, default=8, help="K synthetic (train) problems")
     ap.add_argument("--solutions-per-problem", type=int, default=4)
@@ -200,6 +200,11 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.problems, args.solutions_per_problem, args.num_completions, args.repeats = 2, 2, 4, 1
+    return args
+
+
+def main():
+    args = parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
