@@ -36,10 +36,12 @@ import torch.nn as nn
 import data
 from data import synthetic
 import shepherd
+from label import LabelConfig, cmd_label
 from model import DTYPES, PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
 from sampler import Sampler
 from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, InputError, barrier,
-                      flag, init_distributed, lr_at, seed_for)
+                      flag, init_distributed, seed_for)
+from train import TrainConfig, adamw, cmd_train, evaluate_policy, lr_at, open_log
 
 ROOT = Path(__file__).resolve().parent
 
@@ -180,12 +182,12 @@ def ensure_reward_model(cfg: Config, policy_dir: str, d: Dist) -> str:
             print(f"building the {kind.upper()} in {path} (once; cached)", flush=True)
         labels, done = cache / "labels.jsonl", cache / "labels.done"  # serves the PRM and the ORM
         if not done.exists():  # resumable
-            shepherd.cmd_label(shepherd.LabelConfig(
+            cmd_label(LabelConfig(
                 model=policy_dir, tag=cfg.tag, limit=cfg.rm_problems, num_solutions=r["solutions"],
                 num_completions=r["completions"], max_new_tokens=96, seed=0, out=str(labels)))
             if d.main:
                 done.touch()
-        shepherd.cmd_train(shepherd.TrainConfig(
+        cmd_train(TrainConfig(
             objective=kind, tag=cfg.tag, data=str(labels), model=base, out=str(path),
             steps=cfg.rm_steps, batch_size=r["batch"], lr=r["lr"],
             warmup=max(1, cfg.rm_steps // 20), eval_every=cfg.rm_steps, heldout=0.05, seed=0))
@@ -664,11 +666,11 @@ def update(cfg: Config, it: int, g: Grid, M, d: Dist) -> dict:
 
 @torch.no_grad()
 def greedy_accuracy(cfg: Config, M, sampler: Sampler, problems: list, d: Dist) -> float:
-    """shepherd.evaluate_policy's greedy accuracy: problems split over ranks, counts summed."""
+    """evaluate_policy's greedy accuracy: problems split over ranks, counts summed."""
     mine = problems[d.rank::d.world]
     with full_params(M.policy, cfg):
-        res = shepherd.evaluate_policy(M.policy, M.tok, M.task, mine, cfg.max_new_tokens,
-                                       sampler=sampler, tag=cfg.tag)
+        res = evaluate_policy(M.policy, M.tok, M.task, mine, cfg.max_new_tokens,
+                              sampler=sampler, tag=cfg.tag)
     right = torch.tensor(res["accuracy"] * len(mine))
     if d.world > 1:
         right = right.to(M.device)
@@ -827,8 +829,8 @@ def setup(cfg: Config, d: Dist):
                critic=critic, ref=ref, rm=rm, task=task, tok=tok, head=head, rm_head=rm_head,
                policy_step=nn.parallel.DistributedDataParallel(policy) if ddp else policy,
                critic_step=nn.parallel.DistributedDataParallel(critic) if ddp else critic,
-               opt_policy=shepherd.adamw(policy, cfg.lr, cfg.weight_decay),
-               opt_critic=shepherd.adamw(critic, cfg.critic_lr, cfg.weight_decay))
+               opt_policy=adamw(policy, cfg.lr, cfg.weight_decay),
+               opt_critic=adamw(critic, cfg.critic_lr, cfg.weight_decay))
     start = 0
     if resume:
         st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True,
@@ -930,7 +932,7 @@ def run(argv=None) -> int:
     eager = cfg.fsdp or not isinstance(M.amp, contextlib.nullcontext)
     sampler = Sampler(M.policy, max_batch=max(cfg.batch_size // d.world, 64),
                       cuda_graphs=False if eager else None)
-    log = (shepherd.open_log(out / "log.jsonl", start if resume else None, "iteration")
+    log = (open_log(out / "log.jsonl", start if resume else None, "iteration")
            if d.main else None)
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)),

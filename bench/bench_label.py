@@ -8,9 +8,9 @@ Labeling (Math-Shepherd §3.3): for every non-final step of every solution, N co
 prefix that ends at that step, each graded by the task's grader on the prefix's response text + the
 completion. The shipped synthetic policy first samples the solutions of K synthetic problems (T 0.7,
 fixed seeds); they are written to a temporary file in our records format and every side reads that
-file back with shepherd.read_solutions, so all three label the same token prefixes (checked, and
+file back with label.read_solutions, so all three label the same token prefixes (checked, and
 the run stops if they do not):
-  1. shepherd.Labeler.label, one call per --group problems (as `shepherd.py label`): each solution
+  1. label.Labeler.label, one call per --group problems (as `shepherd.py label`): each solution
      prefilled once, every step prefix forked from its KV cache, the rollouts of all of them sharing
      the sampler's batches.
   2. the loop a user writes with transformers: one generate(prefix, num_return_sequences=N) per
@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import data  # noqa: E402
-import shepherd  # noqa: E402
+import label  # noqa: E402
 from bench_sampler import paired_times, table  # noqa: E402
 from model import PRMHead, Tokenizer, Transformer, tag_positions  # noqa: E402
 
@@ -53,7 +53,7 @@ def labeler_args(args) -> SimpleNamespace:
 def write_solutions(args, task, policy, tok, tag, path):
     """K problems' solutions sampled by the policy
     (seeds from the problem ids: the same file on every run)."""
-    lab = shepherd.Labeler(labeler_args(args), task, policy, policy, tok, tag)
+    lab = label.Labeler(labeler_args(args), task, policy, policy, tok, tag)
     with open(path, "w") as f:
         for p in task.load("train", args.problems):
             for sol in lab.sample_solutions([p])[p.id]:
@@ -61,12 +61,12 @@ def write_solutions(args, task, policy, tok, tag, path):
                                     "gold": p.answer}) + "\n")
 
 
-def read_units(path, task) -> list[list[shepherd.Solution]]:
+def read_units(path, task) -> list[list[label.Solution]]:
     """The file's solutions grouped by problem: one problem is the unit of work on sides 1 and 3
     (read_solutions makes every record a unit of its own; grouping gives the Labeler's batches
     their intended width)."""
     groups = {}
-    for problem, sols in shepherd.read_solutions(str(path), task, False, {"skipped": 0}):
+    for problem, sols in label.read_solutions(str(path), task, False, {"skipped": 0}):
         groups.setdefault(problem.question, []).extend(sols)
     return list(groups.values())
 
@@ -76,7 +76,7 @@ def step_prefixes(tok, sols, tag):
     the prefixes the Labeler forks."""
     out = []
     for sol in sols:
-        prompt, resp = shepherd.solution_tokens(tok, sol, tag)
+        prompt, resp = label.solution_tokens(tok, sol, tag)
         for end in tag_positions(resp, tag.tag)[:-1]:
             out.append(((prompt + resp)[:len(prompt) + end + 1], len(prompt), sol.problem.answer))
     return out
@@ -98,7 +98,7 @@ def grade_rows(res, task, tok, ids, prompt_len, rows, gold):
 
 
 def shepherd_side(args, task, model, tok, tag, units):
-    lab = shepherd.Labeler(labeler_args(args), task, None, model, tok, tag)
+    lab = label.Labeler(labeler_args(args), task, None, model, tok, tag)
     comp, res = lab.comp, new_result()
     fork, prefill = comp.fork, comp._prefill
 
@@ -236,7 +236,7 @@ def main():
                 and all(len(c) == args.num_completions for c in r["correct"])), \
             f"side {k}: not {args.num_completions} graded completions for each of the {steps} steps"
 
-    sol_tokens = sum(sum(map(len, shepherd.solution_tokens(tok, s, tag)))
+    sol_tokens = sum(sum(map(len, label.solution_tokens(tok, s, tag)))
                      for sols in units for s in sols)
     n_sols = sum(map(len, units))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.device}, "

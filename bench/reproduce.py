@@ -251,7 +251,7 @@ def sft_accuracy(out: Path, policy: str, z: Sizes) -> float:
         import torch
         import ppo
         from model import Tokenizer, Transformer
-        from shepherd import evaluate_policy
+        from train import evaluate_policy
         torch.set_num_threads(1)
         task = data.get_task("synthetic")
         res = evaluate_policy(Transformer.from_pretrained(policy), Tokenizer(policy), task,

@@ -19,6 +19,7 @@ import torch
 
 import ppo
 import shepherd
+import train
 from data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,13 +393,13 @@ def test_offline_with_a_file_missing_from_the_hub_cache_names_it(tmp_path, missi
 
 
 def test_a_nan_loss_at_step_0_names_no_checkpoint_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    real = shepherd.objective_loss
+    real = train.objective_loss
 
     def nan_loss(*a, **kw):
         loss, p, t = real(*a, **kw)
         return loss * float("nan"), p, t
 
-    monkeypatch.setattr(shepherd, "objective_loss", nan_loss)
+    monkeypatch.setattr(train, "objective_loss", nan_loss)
     assert shepherd.main(["train", "--num-examples", "32", "--batch-size", "8", "--steps", "3", "--heldout", "0",
                           "--eval-problems", "0", "--out", str(tmp_path / "m")]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not BAR.search(line)]

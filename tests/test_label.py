@@ -11,9 +11,11 @@ from types import SimpleNamespace
 import pytest
 
 import data
+import label
 import shepherd
 from data import synthetic
-from model import Tokenizer, Transformer
+from data.formats import export, read_step_examples
+from model import Tokenizer, Transformer, tag_positions
 from sampler import Completion, Sampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +26,10 @@ FAST = ["--limit", "3", "--num-solutions", "2", "--num-completions", "4", "--max
 
 def test_hard_and_soft_estimation_by_hand():
     # Math-Shepherd Eq. 3 / Eq. 4 with N = 4
-    assert shepherd.hard_label([False, True, False, False]) == 1
-    assert shepherd.soft_label([False, True, False, False]) == 0.25
-    assert shepherd.hard_label([False] * 4) == 0 and shepherd.soft_label([False] * 4) == 0.0
-    assert shepherd.soft_label([True] * 4) == 1.0
+    assert label.hard_label([False, True, False, False]) == 1
+    assert label.soft_label([False, True, False, False]) == 0.25
+    assert label.hard_label([False] * 4) == 0 and label.soft_label([False] * 4) == 0.0
+    assert label.soft_label([True] * 4) == 1.0
 
 
 class ScriptedCompleter:
@@ -57,8 +59,8 @@ def test_labels_from_a_scripted_completer(tmp_path, tag):
         tok.add_token(tag)
     problem = data.Problem("p0", "Tom has 3 boxes with 4 apples in each. He loses 5 apples. How many apples does he have now?",
                            "7", {"ops": [["*", "q0", "q1"], ["-", "v0", "q2"]], "quantities": [3, 4, 5]})
-    sol = shepherd.Solution(problem, 0, ["3 * 4 = 12", "12 - 5 = 8", "The answer is: 8"])
-    labeler = shepherd.Labeler.__new__(shepherd.Labeler)
+    sol = label.Solution(problem, 0, ["3 * 4 = 12", "12 - 5 = 8", "The answer is: 8"])
+    labeler = label.Labeler.__new__(label.Labeler)
     labeler.args = SimpleNamespace(seed=0, num_completions=4, max_new_tokens=16, temperature=1.0, top_p=1.0)
     labeler.task, labeler.tok, labeler.head = synthetic, tok, shepherd.prm_head(tok, tag)
     labeler.comp = ScriptedCompleter(tok, [["7", "7", "9", "12"], ["8", "8", "8", "8"]], tag)
@@ -84,7 +86,7 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     tok = Tokenizer(POLICY)
     args = SimpleNamespace(seed=0, num_solutions=3, num_completions=1, max_new_tokens=96, temperature=0.0, top_p=1.0,
                            batch_size=16)
-    lab = shepherd.Labeler(args, synthetic, model, model, tok, shepherd.prm_head(tok, data.STEP_TAG))
+    lab = label.Labeler(args, synthetic, model, model, tok, shepherd.prm_head(tok, data.STEP_TAG))
     problems = synthetic.load("test")[:4]
     args.temperature = 0.7  # varied solutions ...
     sols = [s for p in problems for s in lab.sample_solutions([p])[p.id]]
@@ -93,8 +95,8 @@ def test_forked_prefixes_label_like_prefixes_run_from_scratch():
     plain = Sampler(model, max_batch=4)
     checked = 0
     for sol, rec in zip(sols, records):
-        prompt, resp = shepherd.solution_tokens(tok, sol, lab.head)
-        for k, end in enumerate(shepherd.tag_positions(resp, lab.head.tag)[:-1]):
+        prompt, resp = label.solution_tokens(tok, sol, lab.head)
+        for k, end in enumerate(tag_positions(resp, lab.head.tag)[:-1]):
             prefix = prompt + resp[:end + 1]
             [c] = plain.generate([prefix], 96, temperature=0.0)
             text = tok.decode(resp[:end + 1] + c.tokens)
@@ -158,18 +160,18 @@ def test_export_formats_round_trip(tmp_path):
              "steps": ["4 - 2 = 3", "3 - 1 = 2", "The answer is: 2"], "hard": [0, 0, 0], "soft": [0.0, 0.0, 0.0]}]
     for fmt, labels in (("math-shepherd", "hard"), ("stepwise", "hard"), ("stepwise", "soft")):
         path = tmp_path / f"{fmt}.jsonl"
-        path.write_text(shepherd.export(recs, fmt, "synthetic", labels))
-        back = shepherd.read_step_examples(path)
+        path.write_text(export(recs, fmt, "synthetic", labels))
+        back = read_step_examples(path)
         assert [ex.labels for ex in back] == [[float(x) for x in r[labels]] for r in recs]
-        sols = shepherd.read_solutions(str(path), synthetic, False, {"skipped": 0})
+        sols = label.read_solutions(str(path), synthetic, False, {"skipped": 0})
         assert [p.question for p, _ in sols] == [r["question"] for r in recs]
         assert [sol.steps for _, [sol] in sols] == [r["steps"] for r in recs]
-    trl = [json.loads(x) for x in shepherd.export(recs, "stepwise", "synthetic", "soft-threshold").splitlines()]
+    trl = [json.loads(x) for x in export(recs, "stepwise", "synthetic", "soft-threshold").splitlines()]
     assert [x["labels"] for x in trl] == [[True, True], [False, False, False]]
     assert [[int(y) for y in x["labels"]] for x in trl] == [[1, 1], [0, 0, 0]]  # TRL's cast keeps them
     # a stepwise input whose completions carry their own 'Step k:' re-exports without doubling it
     prefixed = [{**recs[0], "steps": ["Step 1: 2 + 3 = 5", "Step 2: The answer is: 5"]}]
-    ms = json.loads(shepherd.export(prefixed, "math-shepherd", "gsm8k", "hard"))
+    ms = json.loads(export(prefixed, "math-shepherd", "gsm8k", "hard"))
     assert ms["input"] == "Tom has 2 + 3 apples? Step 1: 2 + 3 = 5 ки\nStep 2: The answer is: 5 ки" and ms["task"] == "GSM8K"
     assert json.loads((tmp_path / "math-shepherd.jsonl").read_text().splitlines()[1]) == {
         "input": "Ann - Ben? Step 1: 4 - 2 = 3 ки\nStep 2: 3 - 1 = 2 ки\nStep 3: The answer is: 2 ки",
@@ -198,11 +200,11 @@ def test_exports_read_back_by_the_ecosystems_readers():
              "steps": ["Step 1: 2 + 3 = 5", "Step 2: The answer is: 5"], "hard": [1, 1], "soft": [0.75, 1.0]},
             {"id": "q/1", "problem_id": "q", "question": "Ann - Ben?", "gold": "1", "correct": False,
              "steps": ["4 - 2 = 3", "3 - 1 = 2", "The answer is: 2"], "hard": [1, 0, 0], "soft": [0.25, 0.0, 0.0]}]
-    ms = [json.loads(x) for x in shepherd.export(recs, "math-shepherd", "gsm8k", "hard").splitlines()]
+    ms = [json.loads(x) for x in export(recs, "math-shepherd", "gsm8k", "hard").splitlines()]
     assert [released_layout(x) for x in ms] == [[bool(y) for y in r["hard"]] for r in recs]
     assert [x["input"].count("Step ") for x in ms] == [2, 3]  # one 'Step k:' per step, never doubled
     for labels, want in (("hard", [[1, 1], [1, 0, 0]]), ("soft-threshold", [[1, 1], [0, 0, 0]])):
-        rows = [json.loads(x) for x in shepherd.export(recs, "stepwise", "gsm8k", labels).splitlines()]
+        rows = [json.loads(x) for x in export(recs, "stepwise", "gsm8k", labels).splitlines()]
         # the steps as the records have them ('Step k:' kept, as trl-lib/math_shepherd keeps it), no tag inside
         assert [trl_stepwise(x) for x in rows] == [list(zip(r["steps"], w)) for r, w in zip(recs, want)]
         assert not any("ки" in c for x in rows for c in x["completions"])
@@ -222,7 +224,7 @@ def test_stepwise_export_read_by_trls_own_prm_trainer(tmp_path):
     recs = [{"id": "q/1", "problem_id": "q", "question": "Tom has 4 - 2 apples?", "gold": "1", "correct": False,
              "steps": ["4 - 2 = 3", "3 - 1 = 2", "The answer is: 2"], "hard": [1, 0, 0], "soft": [0.5, 0.25, 0.0]}]
     for labels, want in (("hard", [1, 0, 0]), ("soft-threshold", [1, 0, 0]), ("soft", [0, 0, 0])):
-        [row] = [json.loads(x) for x in shepherd.export(recs, "stepwise", "synthetic", labels).splitlines()]
+        [row] = [json.loads(x) for x in export(recs, "stepwise", "synthetic", labels).splitlines()]
         out = PRMTrainer.tokenize_row(row, hf, "\n", None, None, None, False, False)
         at = [i for i, y in enumerate(out["labels"]) if y != -100]
         assert [out["labels"][i] for i in at] == want  # soft floats below 1 are cast to 0: why soft-threshold exists
@@ -236,9 +238,9 @@ def test_reads_the_real_math_shepherd_format(tmp_path):
                       "Step 2: 3 * 2 = 6 +\nStep 3: The answer is: 6-", "task": "GSM8K", "gold": "6"}]
     path = tmp_path / "ms.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    [ex] = shepherd.read_step_examples(path)
+    [ex] = read_step_examples(path)
     assert ex.labels == [1.0, 1.0, 0.0] and ex.text.endswith("The answer is: 6 ки") and ex.text.count(" ки") == 3
-    [(problem, [sol])] = shepherd.read_solutions(str(path), synthetic, False, {"skipped": 0})
+    [(problem, [sol])] = label.read_solutions(str(path), synthetic, False, {"skipped": 0})
     assert problem.question == "Janet has 3 ducks. How many legs?" and problem.answer == "6"
     assert sol.steps == ["Each duck has 2 legs.", "3 * 2 = 6", "The answer is: 6"]
     # a ки inside the question (12 real rows have one) is no step: its label is dropped, as TRL's converter does
@@ -246,7 +248,7 @@ def test_reads_the_real_math_shepherd_format(tmp_path):
     row = {"input": f"{q} Step 1: 2 + 3 = 5 ки\nStep 2: The answer is: 5 ки",
            "label": f"{q.replace('ки', '+')} Step 1: 2 + 3 = 5 +\nStep 2: The answer is: 5 -"}
     path.write_text(json.dumps(row) + "\n")
-    [ex] = shepherd.read_step_examples(path)
+    [ex] = read_step_examples(path)
     assert ex.labels == [1.0, 0.0] and ex.text.startswith(q + " Step 1:") and ex.text.count(" ки") == 2
     assert released_layout(row)[1:] == [True, False]
 
@@ -273,7 +275,7 @@ def test_bad_input_is_one_line_with_file_line_and_field(tmp_path):
     stats = {"skipped": 0}
     good = tmp_path / "mixed.jsonl"
     good.write_text('{"question": "Q", "steps": ["1 + 1 = 2"], "gold": "2"}\n{"question": "Q2", "steps": []}\n')
-    assert len(shepherd.read_solutions(str(good), synthetic, True, stats)) == 1 and stats["skipped"] == 1
+    assert len(label.read_solutions(str(good), synthetic, True, stats)) == 1 and stats["skipped"] == 1
 
 
 @pytest.mark.parametrize("argv,flag,want", [

@@ -284,7 +284,7 @@ def test_a_tag_of_the_policys_own_is_read_back_as_ki(tmp_path):
 
 @pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
 def test_the_default_reward_model_is_built_by_the_projects_label_and_train(tmp_path, monkeypatch):
-    """No --reward-model: label the policy's solutions, fine-tune a PRM from the verifier base (shepherd.cmd_label
+    """No --reward-model: label the policy's solutions, fine-tune a PRM from the verifier base (label.cmd_label
     and cmd_train, the commands' own code and checks), cache it; a second run reuses it without building anything."""
     monkeypatch.setattr(ppo, "ROOT", tmp_path)
     cfg = ppo.parse_args(["--rm-problems", "2", "--rm-steps", "2"])
@@ -298,7 +298,7 @@ def test_the_default_reward_model_is_built_by_the_projects_label_and_train(tmp_p
     assert all(len(x["rollout_correct"][0]) == r["completions"] for x in records if len(x["steps"]) > 1)
     assert json.loads((path / "config.json").read_text())["tie_word_embeddings"] is False  # the verifier base's
     for cmd in ("cmd_label", "cmd_train"):
-        monkeypatch.setattr(shepherd, cmd, lambda *a, **k: pytest.fail("rebuilt a cached reward model"))
+        monkeypatch.setattr(ppo, cmd, lambda *a, **k: pytest.fail("rebuilt a cached reward model"))
     assert ppo.ensure_reward_model(cfg, synthetic.POLICY_DIR, shepherd.Dist()) == str(path)
 
 

@@ -9,9 +9,13 @@ import pytest
 import torch
 
 import data
+import label
 import ppo
 import shepherd
+import train
+import verify
 from data import gsm8k
+from data.formats import StepExample
 from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, step_scores, tag_positions
 from sampler import Completion
 
@@ -84,7 +88,7 @@ def test_training_scoring_labeling_and_ppo_read_the_same_positions(case):
     ids = tok.encode(text)
     assert tag_positions(ids, head.tag) == want
     # training: the positions the PRM loss supervises
-    ex = shepherd.encode_steps(tok, head, shepherd.StepExample(text, [1.0, 0.0], 0.0), "prm")
+    ex = train.encode_steps(tok, head, StepExample(text, [1.0, 0.0], 0.0), "prm")
     assert ex.ids == ids and [i for i, m in enumerate(ex.tag_mask) if m] == want
     # scoring: step_scores reads p(+) at exactly those positions
     with torch.no_grad():
@@ -94,12 +98,12 @@ def test_training_scoring_labeling_and_ppo_read_the_same_positions(case):
     # labeling: a rollout forks right after every tag but the last (the tokens a generator wrote after the prompt)
     prompt = tok.encode(prompt_text)
     assert ids[:len(prompt)] == prompt
-    labeler = shepherd.Labeler.__new__(shepherd.Labeler)
+    labeler = label.Labeler.__new__(label.Labeler)
     labeler.args = SimpleNamespace(seed=0, num_completions=2, max_new_tokens=16, temperature=1.0, top_p=1.0)
     labeler.task, labeler.tok, labeler.head, labeler.comp = gsm8k, tok, head, ForkRecorder(tok)
     labeler.stats = dict(problems=0, solutions=0, steps=0, rollouts=0, generated_tokens=0, prefill_tokens=0, skipped=0)
     problem = data.Problem("p", QUESTION, "4")
-    [rec] = labeler.label([shepherd.Solution(problem, 0, STEPS, ids[len(prompt):] + [tok.eos_id])])
+    [rec] = labeler.label([label.Solution(problem, 0, STEPS, ids[len(prompt):] + [tok.eos_id])])
     assert [t - 1 for t in labeler.comp.forks] == want[:-1] and rec["hard"] == [1, 1]
     # PPO: each step's reward goes on its tag's last token, with the p(+) that scoring gives
     response = ids[len(prompt):] + [tok.eos_id]
@@ -263,7 +267,7 @@ def test_a_tag_of_the_models_own_reads_text_written_with_ki(tmp_path):
     ids = tok.encode(mine)
     want = [i for i, x in enumerate(ids) if x == head.tag[0]]
     assert len(want) == 3 and tok.tag_tokens("<step>") == head.tag
-    ex = shepherd.encode_steps(tok, head, shepherd.StepExample(text, [1.0, 0.0, 0.0], 0.0), "prm")
+    ex = train.encode_steps(tok, head, StepExample(text, [1.0, 0.0, 0.0], 0.0), "prm")
     assert ex.ids == ids and [i for i, m in enumerate(ex.tag_mask) if m] == want
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
@@ -271,5 +275,5 @@ def test_a_tag_of_the_models_own_reads_text_written_with_ki(tmp_path):
                                     max_position_embeddings=128, sliding_window=None)).eval()
     with torch.no_grad():
         want_scores = step_scores(model, torch.tensor([ids]), head)[0]
-    assert shepherd.score_solutions(model, tok, head, [text]) == [pytest.approx(want_scores, abs=1e-6)]
+    assert verify.score_solutions(model, tok, head, [text]) == [pytest.approx(want_scores, abs=1e-6)]
     assert len(want_scores) == 3

@@ -8,7 +8,9 @@ import torch
 
 import data
 import shepherd
+import train
 from data import synthetic
+from data.formats import StepExample
 from model import PRMHead, Tokenizer, Transformer, step_scores, tag_positions
 
 
@@ -81,20 +83,20 @@ def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, capsys):
 def _tiny(tok_dir):
     torch.manual_seed(0)
     tok = Tokenizer(tok_dir)
-    return shepherd.scratch_model("tiny", tok, 256).eval(), tok, PRMHead.from_tokenizer(tok)
+    return train.scratch_model("tiny", tok, 256).eval(), tok, PRMHead.from_tokenizer(tok)
 
 
 def test_prm_loss_reads_the_positions_inference_scores(tok_dir):
     model, tok, head = _tiny(tok_dir)
-    exs = [shepherd.StepExample(data.format_prompt("Tom has 3 apples.") + data.join_steps(["3 + 4 = 7", "The answer is: 7"]),
+    exs = [StepExample(data.format_prompt("Tom has 3 apples.") + data.join_steps(["3 + 4 = 7", "The answer is: 7"]),
                                 [1.0, 0.0], 0.0),
-           shepherd.StepExample(data.format_prompt("Ann has 2 boxes.") + data.join_steps(["2 * 5 = 10", "10 - 1 = 9",
+           StepExample(data.format_prompt("Ann has 2 boxes.") + data.join_steps(["2 * 5 = 10", "10 - 1 = 9",
                                                                                           "The answer is: 9"]),
                                 [1.0, 0.5, 1.0], 1.0)]
-    enc = [shepherd.encode_steps(tok, head, e, "prm") for e in exs]
-    batch = shepherd.collate(enc, tok.pad_id, "cpu")
+    enc = [train.encode_steps(tok, head, e, "prm") for e in exs]
+    batch = train.collate(enc, tok.pad_id, "cpu")
     with torch.no_grad():
-        loss, probs, targets = shepherd.objective_loss(model, batch, "prm", head)
+        loss, probs, targets = train.objective_loss(model, batch, "prm", head)
         scores = step_scores(model, batch["ids"], head)
     assert probs.tolist() == pytest.approx([s for row in scores for s in row], abs=1e-6)
     assert targets.tolist() == [1.0, 0.0, 1.0, 0.5, 1.0]
@@ -102,7 +104,7 @@ def test_prm_loss_reads_the_positions_inference_scores(tok_dir):
     want = -sum(y * torch.log(p) + (1 - y) * torch.log(1 - p) for p, y in zip(probs, targets)) / 5
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     # ORM (Eq. 1): only the last tag of each solution, with the outcome label
-    orm = shepherd.collate([shepherd.encode_steps(tok, head, e, "orm") for e in exs], tok.pad_id, "cpu")
+    orm = train.collate([train.encode_steps(tok, head, e, "orm") for e in exs], tok.pad_id, "cpu")
     assert orm["mask"].sum(1).tolist() == [1, 1] and orm["targets"].tolist() == [0.0, 1.0]
     last_tags = [tag_positions(e.ids, head.tag)[-1] for e in enc]
     assert [int(orm["mask"][b].nonzero()) for b in range(2)] == last_tags
@@ -110,16 +112,16 @@ def test_prm_loss_reads_the_positions_inference_scores(tok_dir):
 
 def test_step_label_count_mismatch_is_a_clear_error(tok_dir):
     _, tok, head = _tiny(tok_dir)
-    ex = shepherd.StepExample("Q\n1 + 1 = 2 ки", [1.0, 0.0], 0.0, id="rec-7")
+    ex = StepExample("Q\n1 + 1 = 2 ки", [1.0, 0.0], 0.0, id="rec-7")
     with pytest.raises(shepherd.InputError, match="rec-7: 2 labels but 1 step tags"):
-        shepherd.encode_steps(tok, head, ex, "prm")
+        train.encode_steps(tok, head, ex, "prm")
 
 
 def test_lr_schedule_and_auc():
-    assert shepherd.lr_at(0, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
-    assert shepherd.lr_at(9, 100, 1.0, 10, 0.1) == pytest.approx(1.0)
-    assert shepherd.lr_at(55, 100, 1.0, 10, 0.1) == pytest.approx(0.55)  # halfway down the cosine
-    assert shepherd.lr_at(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert train.lr_at(0, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert train.lr_at(9, 100, 1.0, 10, 0.1) == pytest.approx(1.0)
+    assert train.lr_at(55, 100, 1.0, 10, 0.1) == pytest.approx(0.55)  # halfway down the cosine
+    assert train.lr_at(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
     assert shepherd.auc([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0]) == 1.0
     assert shepherd.auc([0.1, 0.2, 0.8], [1, 0, 0]) == 0.0
     assert shepherd.auc([0.5, 0.5, 0.5, 0.9], [1, 0, 1, 0]) == pytest.approx(0.25)  # ties count half
@@ -131,7 +133,7 @@ def test_shipped_policy_is_in_the_accuracy_band():
     """The policy that `synthetic.POLICY_COMMAND` trains: greedy accuracy in [30%, 70%] on 200 held-out problems,
     errors at several different steps, and some outcome-correct solutions with a false step (ORM false positives)."""
     model, tok = Transformer.from_pretrained(synthetic.POLICY_DIR), Tokenizer(synthetic.POLICY_DIR)
-    res = shepherd.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
+    res = train.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
     print(res)
     assert 0.30 <= res["accuracy"] <= 0.70
     assert len(res["first_wrong_step"]) >= 4
@@ -147,7 +149,7 @@ def test_shipped_verifier_base_checks_the_world_better_than_the_policy():
     assert model.config.num_hidden_layers == 2 * policy.config.num_hidden_layers == 8
     assert not model.config.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight
     assert tok.vocab_size == Tokenizer(synthetic.POLICY_DIR).vocab_size  # one world, one tokenizer
-    res = shepherd.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
+    res = train.evaluate_policy(model, tok, synthetic, synthetic.load("test")[:200])
     print(res)
     assert res["accuracy"] >= 0.9  # the policy: 0.525
 
@@ -196,18 +198,18 @@ def test_packed_batches_give_the_padded_loss(tok_dir, objective):
     model, tok, head = _tiny(tok_dir)
     problems = synthetic.load("train")[:6]
     if objective == "sft":
-        exs = [shepherd.encode_sft(tok, data.format_prompt(p.question), p.meta["solution"]) for p in problems]
+        exs = [train.encode_sft(tok, data.format_prompt(p.question), p.meta["solution"]) for p in problems]
     else:
-        exs = [shepherd.encode_steps(tok, head, shepherd.StepExample(
+        exs = [train.encode_steps(tok, head, StepExample(
             data.format_prompt(p.question) + p.meta["solution"], [1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0][:p.meta["solution"].count("ки")],
             1.0), "prm") for p in problems]
-    padded = shepherd.collate(exs, tok.pad_id, "cpu")
-    packed = shepherd.collate(exs, tok.pad_id, "cpu", pack_len=256)
+    padded = train.collate(exs, tok.pad_id, "cpu")
+    packed = train.collate(exs, tok.pad_id, "cpu", pack_len=256)
     assert packed["ids"].shape[0] < padded["ids"].shape[0]  # fewer rows
     assert (packed["ids"] != tok.pad_id).sum() == (padded["ids"] != tok.pad_id).sum()
     with torch.no_grad():
-        a, _, _ = shepherd.objective_loss(model, padded, objective, head)
-        b, _, _ = shepherd.objective_loss(model, packed, objective, head)
+        a, _, _ = train.objective_loss(model, padded, objective, head)
+        b, _, _ = train.objective_loss(model, packed, objective, head)
     print(objective, padded["ids"].shape, packed["ids"].shape, a.item(), b.item())
     assert b.item() == pytest.approx(a.item(), abs=1e-5)
 

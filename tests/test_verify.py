@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import shepherd
+import verify
 from model import PRMHead, Tokenizer, Transformer, step_scores
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mistral-7b-v0.1"
@@ -13,34 +14,34 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mistr
 
 def test_aggregations():
     s = [0.9, 0.5, 0.8]
-    assert shepherd.aggregate(s, "min") == 0.5
-    assert shepherd.aggregate(s, "prod") == pytest.approx(0.36)
-    assert shepherd.aggregate(s, "last") == 0.8
-    assert shepherd.aggregate([], "min") == 0.0
+    assert verify.aggregate(s, "min") == 0.5
+    assert verify.aggregate(s, "prod") == pytest.approx(0.36)
+    assert verify.aggregate(s, "last") == 0.8
+    assert verify.aggregate([], "min") == 0.0
     with pytest.raises(ValueError):
-        shepherd.aggregate(s, "mean")
+        verify.aggregate(s, "mean")
 
 
 def test_votes_ties_and_missing_answers():
-    assert shepherd.majority_vote(["3", None, "4", None, None, "4"]) == "4"  # None never votes
-    assert shepherd.majority_vote(["5", "3", "3", "5"]) == "5"  # a tie goes to the answer seen first
-    assert shepherd.majority_vote([None, None]) is None
+    assert verify.majority_vote(["3", None, "4", None, None, "4"]) == "4"  # None never votes
+    assert verify.majority_vote(["5", "3", "3", "5"]) == "5"  # a tie goes to the answer seen first
+    assert verify.majority_vote([None, None]) is None
     # best-of-N: the highest score's answer, even a missing one; ties to the first
-    assert shepherd.best_of_n(["3", "4", None], [0.2, 0.9, 0.95]) is None
-    assert shepherd.best_of_n(["3", "4"], [0.7, 0.7]) == "3"
+    assert verify.best_of_n(["3", "4", None], [0.2, 0.9, 0.95]) is None
+    assert verify.best_of_n(["3", "4"], [0.7, 0.7]) == "3"
     # SC+RM: argmax_a sum_i 1[a_i = a] RM_i: two weak votes for 3 (0.4 + 0.4) beat one strong 4 (0.7)
-    assert shepherd.weighted_vote(["3", "4", "3", None], [0.4, 0.7, 0.4, 5.0]) == "3"
-    assert shepherd.weighted_vote(["3", "4", "3"], [0.3, 0.7, 0.3]) == "4"
-    assert shepherd.weighted_vote([None], [1.0]) is None
+    assert verify.weighted_vote(["3", "4", "3", None], [0.4, 0.7, 0.4, 5.0]) == "3"
+    assert verify.weighted_vote(["3", "4", "3"], [0.3, 0.7, 0.3]) == "4"
+    assert verify.weighted_vote([None], [1.0]) is None
 
 
 def test_method_choices_use_their_aggregation():
     answers = ["7", "8", "7"]
     prm = [[0.9, 0.2], [0.6, 0.6], [0.5, 0.95]]  # min: .2 .6 .5 -> "8"; prod: .18 .36 .475 -> "7"; last -> "7"(#3)
     orm = [[0.1], [0.2], [0.9]]
-    c = shepherd.method_choices(answers, {"PRM": prm, "ORM": orm})
+    c = verify.method_choices(answers, {"PRM": prm, "ORM": orm})
     assert c == {"SC": "7", "PRM-min": "8", "PRM-prod": "7", "PRM-last": "7", "SC+PRM": "7", "ORM": "7", "SC+ORM": "7"}
-    c = shepherd.method_choices(["1", "2"], {"PRM": [[0.9, 0.1], [0.3]]})
+    c = verify.method_choices(["1", "2"], {"PRM": [[0.9, 0.1], [0.3]]})
     assert c["PRM-min"] == "2" and c["PRM-last"] == "2" and c["PRM-prod"] == "2" and c["SC"] == "1"
 
 
@@ -48,7 +49,7 @@ def test_best_of_n_curve_by_hand():
     # one problem, 4 solutions, 2 of them right; an oracle RM that scores right ones 1 and wrong ones 0
     p = {"answers": ["1", "2", "1", "3"], "correct": {"1": True, "2": False, "3": False},
          "scores": {"PRM": [[1.0], [0.0], [1.0], [0.0]]}}
-    curve = shepherd.best_of_n_curve([p], [1, 2, 4], subsets=2000, seed=0)
+    curve = verify.best_of_n_curve([p], [1, 2, 4], subsets=2000, seed=0)
     assert curve[4]["PRM-min"]["mean"] == 1.0 and curve[4]["SC"]["mean"] == 1.0 and curve[4]["PRM-min"]["std"] == 0
     assert curve[1]["SC"]["mean"] == pytest.approx(0.5, abs=0.04)  # one random solution: right half the time
     # N=2: the oracle fails only when both drawn are wrong: 1 of 6 pairs
@@ -73,9 +74,9 @@ def test_scores_in_the_released_prm_layout(tmp_path):
     tok = Tokenizer(tmp_path)
     head = PRMHead.from_tokenizer(tok)
     assert (head.tag, head.good_id, head.bad_id) == ((12902,), 648, 387)
-    text = shepherd.rm_text("Janet has 3 ducks. How many legs?", ["3 * 2 = 6", "The answer is: 6"], "math-shepherd")
+    text = verify.rm_text("Janet has 3 ducks. How many legs?", ["3 * 2 = 6", "The answer is: 6"], "math-shepherd")
     assert text == "Janet has 3 ducks. How many legs? Step 1: 3 * 2 = 6 ки\nStep 2: The answer is: 6 ки"
-    [got] = shepherd.score_solutions(ours, tok, head, [text])
+    [got] = verify.score_solutions(ours, tok, head, [text])
     ids = torch.tensor([tok.encode(text)])
     with torch.no_grad():
         logits = hf(ids).logits[0]
@@ -98,7 +99,7 @@ def test_within_problem_auc_of_a_perfect_a_blind_and_an_inverted_verifier():
 
     def diag(score):
         pp = [problem(t, r, [[score(k, y)] for y in r]) for k, (t, r) in enumerate(zip(texts, right))]
-        return shepherd.verifier_diagnostics(pp)["PRM"]
+        return verify.verifier_diagnostics(pp)["PRM"]
     perfect = diag(lambda k, y: 0.9 if y else 0.1)
     assert perfect["within_auc"] == 1.0 and perfect["pooled_auc"] == 1.0 and perfect["problems_with_both"] == 2
     inverted = diag(lambda k, y: 0.1 if y else 0.9)
@@ -114,13 +115,13 @@ def test_step_auc_and_process_auc_read_the_truth():
     # solution 2 is right by luck: its answer is right but its first step is false; a PRM that sees it scores it low
     p = problem(["x", "y", "z"], [True, True, False], [[0.9, 0.8], [0.3, 0.7], [0.2, 0.1]])
     p["truth"] = [[True, True], [False, False], [False, False]]
-    d = shepherd.verifier_diagnostics([p])["PRM"]
+    d = verify.verifier_diagnostics([p])["PRM"]
     # min scores .8 .3 .1; outcome-right {.8,.3} vs wrong {.1}: 1.0; process-right {.8} vs {.3,.1}: 1.0
     assert d["within_auc"] == 1.0 and d["within_auc_process"] == 1.0
     # steps: true {.9,.8} vs false {.3,.7,.2,.1}: 8 of 8 pairs ordered
     assert d["step_auc"] == 1.0
     p["scores"]["PRM"][1] = [0.95, 0.95]  # now the lucky solution outscores everything
-    d = shepherd.verifier_diagnostics([p])["PRM"]
+    d = verify.verifier_diagnostics([p])["PRM"]
     assert d["within_auc"] == 1.0 and d["within_auc_process"] == 0.5  # {.8} vs {.95,.1}
     assert d["step_auc"] == pytest.approx(4 / 8)  # .9 and .8 each beat .2, .1 only
 
@@ -128,9 +129,9 @@ def test_step_auc_and_process_auc_read_the_truth():
 def test_the_blind_baseline_is_a_random_distinct_text():
     # the right text is written 3 times, the wrong ones once each: 3 of 6 solutions right, 1 of 4 texts
     texts, right = ["r", "r", "r", "w1", "w2", "w3"], [True, True, True, False, False, False]
-    assert shepherd.blind_choice(texts, right) == 0.25
+    assert verify.blind_choice(texts, right) == 0.25
     p = problem(texts, right, [[0.5]] * 6)
-    curve = shepherd.best_of_n_curve([p], [1, 6], subsets=4000, seed=0)
+    curve = verify.best_of_n_curve([p], [1, 6], subsets=4000, seed=0)
     assert curve[6]["blind"]["mean"] == 0.25 and curve[6]["blind"]["std"] == 0.0
     assert curve[1]["blind"]["mean"] == pytest.approx(0.5, abs=0.03)  # one solution: right half the time
     # the baseline is what a deterministic verifier with no signal does on average: random scores, one per text
@@ -139,7 +140,7 @@ def test_the_blind_baseline_is_a_random_distinct_text():
     for _ in range(400):
         s = dict(zip(["r", "w1", "w2", "w3"], torch.rand(4, generator=rng).tolist()))
         q = problem(texts, right, [[s[t]] for t in texts])
-        hits.append(shepherd.best_of_n_curve([q], [6], subsets=1, seed=0)[6]["PRM-min"]["mean"])
+        hits.append(verify.best_of_n_curve([q], [6], subsets=1, seed=0)[6]["PRM-min"]["mean"])
     assert sum(hits) / len(hits) == pytest.approx(0.25, abs=0.05)
 
 
@@ -162,7 +163,7 @@ def test_copies_of_a_text_are_scored_once(monkeypatch):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
     head = model_mod.PRMHead(9, 7, 8)
-    got = shepherd.score_solutions(M(), Tok(), head, ["aaa", "b", "aaa", "aaa", "cc"], batch_size=8)
+    got = verify.score_solutions(M(), Tok(), head, ["aaa", "b", "aaa", "aaa", "cc"], batch_size=8)
     assert got == [[3.0], [1.0], [3.0], [3.0], [2.0]] and calls == [3]
 
 
@@ -200,7 +201,7 @@ def test_verify_reports_how_a_step_checker_sees_slips(tmp_path, monkeypatch, inv
             truth = synthetic.step_truth(p, data.split_steps(t[len(data.format_prompt(p.question)):]))
             out.append([float(x != inverted) for x in truth])
         return out
-    monkeypatch.setattr(shepherd, "score_solutions", checker)
+    monkeypatch.setattr(verify, "score_solutions", checker)
     out = tmp_path / "v"
     assert shepherd.main(["verify", "--split", "test", "--limit", "8", "--solutions", str(tmp_path / "sols.jsonl"),
                           "--num-samples", "2", "--subsets", "2", "--prm", f"check={synthetic.POLICY_DIR}",
