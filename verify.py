@@ -4,7 +4,8 @@ protocol).
     python shepherd.py verify
 
 Self-consistency (majority vote), best-of-N by a reward model (PRM: min, prod or last step
-score; ORM: the last), and RM-weighted voting; plus the diagnostics that say why a curve moves.
+score; ORM: the last), and RM-weighted voting; plus the diagnostics that say why a curve moves,
+and a reference: a plain LM (e.g. the reward models' base) read as a verifier.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 
 import data
 from data.formats import InputError, read_input, steps_field
-from model import DTYPES, PRMHead, Tokenizer, Transformer
+from model import DTYPES, PRMHead, Tokenizer, Transformer, tag_positions
 from shepherd import (NONNEG, POSITIVE, Common, Signs, atomic_write, auc, file_digest, flag,
                       load_model, prm_head, progress, seed_for, task_problems)
 
@@ -71,13 +72,16 @@ def rm_text(question: str, steps: list[str], style: str) -> str:
 
 @torch.no_grad()
 def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: list[str],
-                    batch_size: int = 32) -> list[list[float]]:
+                    batch_size: int = 32, starts: list[int] | None = None) -> list[list[float]]:
     """Every step score of every solution: one forward pass per distinct text (batched,
-    right-padded, longest first; a policy's samples repeat, so copies are scored once)."""
+    right-padded, longest first; a policy's samples repeat, so copies are scored once).
+    With `starts` (each text's first solution token) the model is read as an LM (lm_step_scores)."""
     from model import step_scores
-    distinct = list(dict.fromkeys(texts))
+    start_of = dict(zip(texts, starts or [0] * len(texts)))
+    distinct = list(start_of)
     if len(distinct) < len(texts):
-        got = dict(zip(distinct, score_solutions(model, tok, head, distinct, batch_size)))
+        got = dict(zip(distinct, score_solutions(model, tok, head, distinct, batch_size,
+                                                 starts and [start_of[t] for t in distinct])))
         return [got[t] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = [None] * len(texts)
@@ -90,8 +94,29 @@ def score_solutions(model: Transformer, tok: Tokenizer, head: PRMHead, texts: li
         batch = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long)
         for b, x in enumerate(ids):
             batch[b, :len(x)] = torch.tensor(x)
-        for j, sc in zip(idx, step_scores(model, batch.to(device), head)):
+        batch = batch.to(device)
+        got = (step_scores(model, batch, head) if starts is None else
+               lm_step_scores(model, batch, head.tag, [starts[j] for j in idx]))
+        for j, sc in zip(idx, got):
             out[j] = sc
+    return out
+
+
+def lm_step_scores(model: Transformer, input_ids: torch.Tensor, tag,
+                   starts: list[int]) -> list[list[float]]:
+    """A causal LM read as a verifier (a reference, not Math-Shepherd's method): a step's score is
+    the lowest probability the LM gives any of its tokens, from the row's start (or the token
+    after the previous tag) through its tag. What a reward model's base knows before reward
+    training: a slip is a token the base would not have written."""
+    logits = model(input_ids).float()[:, :-1]  # [b, t]: the prediction of token t + 1
+    p_tok = (logits.gather(-1, input_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)).exp()
+    out = []
+    for b, row in enumerate(input_ids.tolist()):
+        scores, lo = [], max(starts[b], 1)
+        for t in tag_positions(row, tag):
+            scores.append(p_tok[b, lo - 1:t].min().item())
+            lo = t + 1
+        out.append(scores)
     return out
 
 
@@ -203,6 +228,10 @@ class VerifyConfig(Signs, Common):
                             metavar="[NAME=]PATH")
     orm: list | None = flag(None, "an outcome reward model (repeatable)", action="append",
                             metavar="[NAME=]PATH")
+    lm: list | None = flag(None, "a causal LM as a reference verifier, e.g. a reward model's base "
+                           "(repeatable): a step scores the lowest probability the LM gives a "
+                           "token of it; not Math-Shepherd's method", action="append",
+                           metavar="[NAME=]PATH")
     rm_format: str = flag("shepherd", "input layout the reward models were trained on "
                           "(math-shepherd: the released PRM's)",
                           choices=["shepherd", "math-shepherd"])
@@ -215,6 +244,11 @@ def split_rm(spec: str) -> tuple[str, str]:
     """'NAME=PATH' or 'PATH' -> (name, path)."""
     name, sep, path = spec.partition("=")
     return (name, path) if sep else ("", spec)
+
+
+def rm_flag(name: str) -> str:
+    """How errors name a scorer: 'PRM-hard' -> '--prm PRM-hard'."""
+    return f"--{name.split('-')[0].lower()} {name}"
 
 
 def sampling_key(args) -> dict:
@@ -280,18 +314,18 @@ def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list,
     for name, path in rms:
         cache = out / f"scores.{name}.json"
         key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path,
-               "solutions": file_digest(args.solutions or sol_file), "format": args.rm_format,
+               "solutions": file_digest(args.solutions or sol_file),
+               "format": "lm" if name.startswith("LM") else args.rm_format,
                "slips": len(pairs)}
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
             cached = json.loads(cache.read_text())
             scores[name], slips[name] = cached["scores"], cached["slips"]
             continue
-        rm, tok = load_model(path, f"--{name[:3].lower()} {name}", dtype, device)
-        head = prm_head(tok, args.tag, args.good, args.bad)
         flat = [(p.id, s) for p in problems for s in sol_steps[p.id]]
         question = {p.id: p.question for p in problems}
-        texts = [rm_text(question[pid], s, args.rm_format) for pid, s in flat]
-        got = score_solutions(rm, tok, head, texts, args.batch_size)
+        todo = [(question[pid], s) for pid, s in flat] + \
+               [(q, st) for q, right, slipped in pairs for st in (right, slipped)]
+        got = score_with(name, path, args, todo, dtype, device)
         if not all(math.isfinite(x) for sc in got for x in sc):
             raise InputError(f"{path}: the reward model's scores are not finite "
                              f"(NaN or inf in its weights?)")
@@ -299,13 +333,25 @@ def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list,
         for (pid, _), sc in zip(flat, got):
             per.setdefault(pid, []).append(sc)
         scores[name] = per
-        ends = [sc[-1] for sc in score_solutions(
-            rm, tok, head, [rm_text(q, st, args.rm_format) for q, a, b in pairs for st in (a, b)],
-            args.batch_size)]
+        ends = [sc[-1] for sc in got[len(flat):]]
         slips[name] = [ends[0::2], ends[1::2]]  # the score of the last step: right, slipped
         atomic_write(cache, json.dumps({"key": key, "scores": per, "slips": slips[name]}) + "\n")
-        del rm
     return scores, slips
+
+
+def score_with(name: str, path: str, args, todo: list[tuple[str, list[str]]], dtype,
+               device) -> list[list[float]]:
+    """The step scores of (question, steps) pairs by one reward model, or by an LM ('LM...')."""
+    rm, tok = load_model(path, rm_flag(name), dtype, device)
+    head = prm_head(tok, args.tag, args.good, args.bad)  # an LM's: only its tag is read
+    if not name.startswith("LM"):
+        return score_solutions(rm, tok, head, [rm_text(q, st, args.rm_format) for q, st in todo],
+                               args.batch_size)
+    # an LM reads what the policy writes, from the solution's first token on
+    starts = [len(tok.encode(data.to_model_tag(data.format_prompt(q), args.tag), eos=False))
+              for q, _ in todo]
+    return score_solutions(rm, tok, head, [rm_text(q, st, "shepherd") for q, st in todo],
+                           args.batch_size, starts)
 
 
 def plot_curve(curve: dict, ns: list[int], methods: list[str], path: Path):
@@ -347,10 +393,11 @@ def cmd_verify(args: VerifyConfig) -> int:
     dtype = DTYPES[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     problems = task_problems(task, args.task, args.split)[:args.limit]
-    rms = [(f"PRM-{n}" if n else "PRM", p) for n, p in map(split_rm, args.prm or [])] + \
-          [(f"ORM-{n}" if n else "ORM", p) for n, p in map(split_rm, args.orm or [])]
+    rms = [(f"{kind}-{n}" if n else kind, p) for kind, specs in
+           (("PRM", args.prm), ("ORM", args.orm), ("LM", args.lm))
+           for n, p in map(split_rm, specs or [])]
     for name, path in rms:  # every reward model is checked before anything is written
-        prm_head(load_model(path, f"--{name[:3].lower()} {name}", check_only=True)[1],
+        prm_head(load_model(path, rm_flag(name), check_only=True)[1],
                  args.tag, args.good, args.bad)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out exists and is not a folder")

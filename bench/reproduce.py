@@ -100,8 +100,9 @@ def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str,
     # sampling the test solutions needs no reward model: it runs beside the training, and verify
     # reuses the samples
     stages.append(Stage("samples", verify))
+    # LM-base: the verifier base's own token probabilities, a reference for what it knows
     rms = ["--prm", f"hard={d / 'prm_hard'}", "--prm", f"soft={d / 'prm_soft'}",
-           "--orm", str(d / "orm")]
+           "--orm", str(d / "orm"), "--lm", f"base={verifier}"]
     stages.append(Stage("verify", verify + rms, ("samples", "prm_hard", "prm_soft", "orm")))
     # truth: the same loop with the exact step truth as the PRM (an oracle: what step-PPO gives a
     # verifier that sees every error; its critic starts from the PRM-hard, as the prm run's does)
@@ -280,14 +281,16 @@ def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str,
 
 def table1_md(res: list[dict], ns: list[str], z: Sizes) -> str:
     main = ["SC", "blind", "PRM-hard-min", "PRM-soft-min", "ORM", "SC+PRM-hard", "SC+PRM-soft",
-            "SC+ORM"]
+            "SC+ORM", "LM-base-min"]
     diag = ["within_auc", "pooled_auc", "step_auc", "within_auc_process", "slip_auc"]
-    names = ["PRM-hard", "PRM-soft", "ORM"]
+    names = ["PRM-hard", "PRM-soft", "ORM", "LM-base"]
     return "".join([
         f"## Table 1: best-of-N on {res[0]['problems']} test problems ({z.samples} samples each)"
         "\n\nAccuracy (mean over random subsets of N). `blind`: what a verifier blind within a "
         "problem gets (a random distinct text); a reward model below it is worse than no "
-        "signal.\n\n",
+        "signal. `LM-base-min`: not a reward model but a reference, the verifier base's own "
+        "token probabilities (a solution scores the lowest it gives any token): what the "
+        "reward models' base knows before reward training.\n\n",
         table(["N", *main],
               [[n, *[mean_std([r["curve"][n][m]["mean"] for r in res if m in r["curve"][n]])
                      for m in main]] for n in ns]),
@@ -385,7 +388,10 @@ def figures(out: Path, seeds: list[int], z: Sizes, policy: str):
         pngs.append(name)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in ["SC", "blind", "PRM-hard-min", "PRM-soft-min", "ORM", "SC+PRM-hard", "SC+ORM"]:
+    for m in ["SC", "blind", "PRM-hard-min", "PRM-soft-min", "ORM", "SC+PRM-hard", "SC+ORM",
+              "LM-base-min"]:
+        if any(m not in r["curve"][str(ns[0])] for r in res):
+            continue  # LM-base: not in runs made before it was added
         mean, std = spread([[r["curve"][str(n)][m]["mean"] for n in ns] for r in res])
         ax.errorbar(ns, mean, yerr=std, marker="o", capsize=2, label=m,
                     ls="--" if m == "blind" else "-")

@@ -29,8 +29,11 @@ def test_tiny_reproduction_writes_every_table_and_resumes(tmp_path, monkeypatch)
     for row in ("| 4 |", "| SFT (the policy) |", "| ORM-PPO |", "| step-by-step PPO (PRM-hard) |",
                 "| step-by-step PPO, exact step truth as the PRM (oracle) |", "| PRM-hard |",
                 "| PRM-hard | verifier base | 200% |", "| PRM-soft | verifier base | 200% |",
-                "| ORM | the policy | 100% |"):
+                "| ORM | the policy | 100% |", "| LM-base |"):
         assert row in md, row
+    # the LM-base reference is measured, not an empty column
+    res = json.loads((out / "seed0" / "verify" / "results.json").read_text())
+    assert 0 <= res["curve"]["4"]["LM-base-min"]["mean"] <= 1 and "LM-base-min" in md.split("\n| 1 |")[0]
     # 9 stages per seed, and the capacity curve's 9: label_more (twice the problems), label_parts, PRM-hard, PRM-soft
     # and ORM on twice the labels and on the policy, their verify
     assert len(list((out / "seed0").glob("*.done"))) == 18

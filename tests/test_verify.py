@@ -181,18 +181,26 @@ def test_slip_pairs_differ_in_one_result_only():
         assert all(synthetic.step_truth(p, right)) and synthetic.step_truth(p, slipped)[-1] is False
 
 
+def right_and_corrupted(path: Path):
+    """The first 8 test problems' reference solutions and a corruption of each, as verify --solutions reads them."""
+    import data
+    from data import synthetic
+    problems = synthetic.load("test")[:8]
+    rng = __import__("random").Random(0)
+    with open(path, "w") as f:
+        for p in problems:
+            for steps in (p.meta["solution"], synthetic.corrupt(p, rng)):
+                f.write(json.dumps({"problem_id": p.id, "steps": data.split_steps(steps)}) + "\n")
+    return problems
+
+
 @pytest.mark.parametrize("inverted", [False, True])
 def test_verify_reports_how_a_step_checker_sees_slips(tmp_path, monkeypatch, inverted):
     """verify with a stand-in reward model that checks every step against the exact truth (or says the opposite):
     slip AUC and within-problem AUC 1 (0 inverted)."""
     import data
     from data import synthetic
-    problems = synthetic.load("test")[:8]
-    rng = __import__("random").Random(0)
-    with open(tmp_path / "sols.jsonl", "w") as f:
-        for p in problems:
-            for steps in (p.meta["solution"], synthetic.corrupt(p, rng)):
-                f.write(json.dumps({"problem_id": p.id, "steps": data.split_steps(steps)}) + "\n")
+    problems = right_and_corrupted(tmp_path / "sols.jsonl")
 
     def checker(model, tok, head, texts, batch_size=32):
         out = []
@@ -210,3 +218,43 @@ def test_verify_reports_how_a_step_checker_sees_slips(tmp_path, monkeypatch, inv
     want = 0.0 if inverted else 1.0
     assert d["slip_auc"] == want and d["step_auc"] == want
     assert inverted or d["within_auc_process"] == 1.0  # (inverted, min over steps ties right with wrong solutions)
+
+
+def test_lm_step_scores_by_hand():
+    """An LM read as a verifier: each step scores the lowest probability of a token from the solution's start (or the
+    token after the last tag) through its tag, by hand from the model's softmax; padding and the prompt never count."""
+    from model import ModelConfig
+    torch.manual_seed(14)
+    m = Transformer(ModelConfig(model_type="mistral", vocab_size=16, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=32)).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # far from uniform: every token's probability differs
+    tag = 9
+    rows = [[1, 5, 6, 7, 9, 4, 3, 8, 9, 2], [1, 5, 4, 9, 3, 9, 0, 0, 0, 0]]  # row 2: right-padded with 0
+    ids = torch.tensor(rows)
+    with torch.no_grad():
+        probs = m(ids).softmax(-1)
+    p = lambda b, j: probs[b, j - 1, rows[b][j]].item()  # noqa: E731  p(token j | tokens < j)
+    got = verify.lm_step_scores(m, ids, tag, starts=[3, 2])
+    want = [[min(p(0, 3), p(0, 4)), min(p(0, j) for j in range(5, 9))],
+            [min(p(1, 2), p(1, 3)), min(p(1, 4), p(1, 5))]]
+    assert got == [pytest.approx(w, rel=1e-5) for w in want]
+    # the tokens just outside each span (the prompt's last, the previous tag, the EOS) score lower than the span
+    # itself, so a span off by one position changes the answer
+    assert p(0, 2) < want[0][0] and p(0, 4) < want[0][1] and p(0, 9) < want[0][1] and p(1, 3) < want[1][1]
+
+
+def test_verify_reads_the_verifier_base_as_a_reference_lm(tmp_path):
+    """verify --lm: the shipped verifier base, read as an LM, ranks every reference solution above its corruption
+    (a changed result or operand) and every reference step above its slip: the knowledge a PRM can start from."""
+    from data import synthetic
+    right_and_corrupted(tmp_path / "sols.jsonl")
+    out = tmp_path / "v"
+    assert shepherd.main(["verify", "--split", "test", "--limit", "8", "--solutions", str(tmp_path / "sols.jsonl"),
+                          "--num-samples", "2", "--subsets", "2", "--lm", f"base={synthetic.VERIFIER_DIR}",
+                          "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    d = res["diagnostics"]["LM-base"]
+    assert d["within_auc_process"] == 1.0 and d["slip_auc"] > 0.95
+    assert res["curve"]["2"]["LM-base-min"]["mean"] == 1.0
