@@ -73,7 +73,7 @@ class Stage:
 
 
 def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str,
-                first: bool) -> list[Stage]:
+                first: bool, completer: str | None = None) -> list[Stage]:
     """The stages of one seed, in an order that respects their dependencies."""
     labels = str(d / "label" / "labels.jsonl")
     common = ["--seed", str(seed)]
@@ -89,7 +89,8 @@ def seed_stages(d: Path, seed: int, z: Sizes, policy: str, verifier: str,
         return Stage(name, ["shepherd.py", "label", "--split", "train", "--limit", str(problems),
                             "--num-solutions", str(z.solutions),
                             "--num-completions", str(z.completions), "--max-new-tokens", "96",
-                            "--model", policy, "--out", str(d / name / "labels.jsonl"), *common])
+                            "--model", policy, *(["--completer", completer] if completer else []),
+                            "--out", str(d / name / "labels.jsonl"), *common])
     stages = [label("label", z.label_problems),
               train("prm_hard", "prm", "hard", verifier, labels, z.rm_steps),
               train("prm_soft", "prm", "soft", verifier, labels, z.rm_steps),
@@ -183,7 +184,7 @@ def run(stage: Stage, d: Path, threads: int) -> dict:
 
 
 def run_all(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, jobs: int,
-            threads: int, bar):
+            threads: int, bar, completer: str | None = None):
     """Every seed's stages, `jobs` at a time, each as soon as what it needs is done;
     finished ones are skipped."""
     todo = {}
@@ -195,7 +196,7 @@ def run_all(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str, j
             todo[(d, "label_parts")] = Stage("label_parts", [],
                                              ("label", "label_more") if max(z.capacity) > 1
                                              else ("label",))
-        for s in seed_stages(d, seed, z, policy, verifier, first=k == 0):
+        for s in seed_stages(d, seed, z, policy, verifier, first=k == 0, completer=completer):
             todo[(d, s.name)] = s
     done = {key for key in todo if (key[0] / f"{key[1]}.done").exists()}
     bar.reset(total=len(todo))
@@ -263,13 +264,14 @@ def sft_accuracy(out: Path, policy: str, z: Sizes) -> float:
 
 
 def report(out: Path, seeds: list[int], z: Sizes, policy: str, verifier: str,
-           argv: list[str]) -> str:
+           argv: list[str], completer: str | None = None) -> str:
     dirs = [out / f"seed{s}" for s in seeds]
     res = [json.loads((d / "verify" / "results.json").read_text()) for d in dirs]
     ns = [n for n in res[0]["curve"] if int(n) in (1, 4, 16, 64) or int(n) == z.samples]
     md = ["# Math-Shepherd in the synthetic world: reproduction report\n\n",
           f"`python bench/reproduce.py {' '.join(argv)}` — seeds {seeds}; "
-          f"policy `{Path(policy).name}`, verifier base `{Path(verifier).name}`. "
+          f"policy `{Path(policy).name}`, verifier base `{Path(verifier).name}`, labels "
+          f"completed by `{Path(completer or policy).name}`. "
           f"Mean ± std over seeds (population std).\n\n",
           f"Sizes: `{json.dumps(asdict(z))}`\n\n",
           table1_md(res, ns, z), table2_md(out, dirs, seeds, policy, z), labels_md(dirs)]
@@ -457,6 +459,9 @@ def parse_args(argv=None):
                    help="override sizes (see Sizes); repeats add up")
     p.add_argument("--policy", default=synthetic.POLICY_DIR,
                    help="the policy (generator, completer, PPO start)")
+    p.add_argument("--completer", default=None,
+                   help="another model for the labeling rollouts (default: the policy, the recipe; "
+                        "README measures the verifier base here)")
     p.add_argument("--verifier", default=synthetic.VERIFIER_DIR,
                    help="the base the reward models are fine-tuned from")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side")
@@ -485,7 +490,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         z = sizes_of(args)
-        for path in (args.policy, args.verifier):
+        for path in (args.policy, args.verifier, *([args.completer] if args.completer else [])):
             if not Path(path, "config.json").exists():
                 raise InputError(f"{path}: not a checkpoint folder (config.json missing)")
     except InputError as e:
@@ -495,9 +500,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     t0 = time.time()
     with tqdm(desc="reproduce", unit="stage", dynamic_ncols=True) as bar:
-        run_all(out, args.seeds, z, args.policy, args.verifier, args.jobs, args.threads, bar)
+        run_all(out, args.seeds, z, args.policy, args.verifier, args.jobs, args.threads, bar,
+                args.completer)
     md = report(out, args.seeds, z, args.policy, args.verifier,
-                sys.argv[1:] if argv is None else argv)
+                sys.argv[1:] if argv is None else argv, args.completer)
     pngs = figures(out, args.seeds, z, args.policy)
     if pngs:
         md += "\n" + "".join(f"![{p}]({p})\n" for p in pngs)

@@ -67,3 +67,18 @@ def test_bad_sizes_are_refused(tmp_path, capsys):
     assert reproduce.main(["--out", str(tmp_path), "--set", "rm_steps=many"]) == 2
     assert "expected a int" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_completer_reaches_every_label_stage_and_only_them(tmp_path, capsys):
+    z = reproduce.Sizes(capacity=(0.5, 2.0))
+    argvs = lambda c: {s.name: s.argv for s in reproduce.seed_stages(tmp_path, 0, z, "P", "V", True, c)}  # noqa: E731
+    plain, strong = argvs(None), argvs("C")
+    assert not any("--completer" in a for a in plain.values())
+    changed = {n for n in plain if plain[n] != strong[n]}
+    assert changed == {"label", "label_more"}
+    for n in changed:
+        a = strong[n]
+        assert a[a.index("--completer") + 1] == "C" and a[a.index("--model") + 1] == "P"
+    assert reproduce.main(["--out", str(tmp_path / "r"), "--completer", str(tmp_path / "none")]) == 2
+    assert "config.json missing" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
