@@ -458,7 +458,7 @@ def parse_args(argv=None):
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                    help="override sizes (see Sizes); repeats add up")
     p.add_argument("--policy", default=synthetic.POLICY_DIR,
-                   help="the policy (generator, completer, PPO start)")
+                   help="the policy (generator, default completer, PPO start)")
     p.add_argument("--completer", default=None,
                    help="another model for the labeling rollouts (default: the policy, the recipe; "
                         "README measures the verifier base here)")
