@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 from data import synthetic  # noqa: E402
-from shepherd import InputError, atomic_write  # noqa: E402
+from shepherd import InputError, atomic_write, load_model, same_tokenizer  # noqa: E402
 
 
 @dataclass
@@ -490,9 +490,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         z = sizes_of(args)
-        for path in (args.policy, args.verifier, *([args.completer] if args.completer else [])):
-            if not Path(path, "config.json").exists():
-                raise InputError(f"{path}: not a checkpoint folder (config.json missing)")
+        # Every checkpoint checked now (no weights read), not when its stage starts an hour in.
+        _, tok = load_model(args.policy, "--policy", check_only=True)
+        for flag, path, what in (("--verifier", args.verifier, "the verifier base"),
+                                 ("--completer", args.completer, "the completer")):
+            if path:
+                same_tokenizer(tok, load_model(path, flag, check_only=True)[1], what)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

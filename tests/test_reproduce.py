@@ -1,6 +1,7 @@
 """bench/reproduce.py end to end on a tiny configuration: every stage runs, the report has every table, and a rerun
 recomputes nothing."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,5 +81,21 @@ def test_completer_reaches_every_label_stage_and_only_them(tmp_path, capsys):
         a = strong[n]
         assert a[a.index("--completer") + 1] == "C" and a[a.index("--model") + 1] == "P"
     assert reproduce.main(["--out", str(tmp_path / "r"), "--completer", str(tmp_path / "none")]) == 2
-    assert "config.json missing" in capsys.readouterr().err
+    assert "--completer: " + str(tmp_path / "none") + ": not a checkpoint folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not (Path(synthetic.POLICY_DIR) / "config.json").exists(), reason="the tiny policy is not built")
+@pytest.mark.parametrize("flag,what", [("--completer", "the completer"), ("--verifier", "the verifier base")])
+def test_a_model_with_another_tokenizer_is_refused_before_the_run(tmp_path, capsys, monkeypatch, flag, what):
+    """Refused up front (exit 2, nothing written), not when its stage starts an hour into the run."""
+    monkeypatch.setattr(reproduce, "run_all", lambda *a: pytest.fail("the run started"))
+    other = tmp_path / "other"
+    shutil.copytree(synthetic.POLICY_DIR, other)
+    d = json.loads((other / "tokenizer.json").read_text())
+    v = d["model"]["vocab"]
+    v["apples"], v["pencils"] = v["pencils"], v["apples"]  # same size, two tokens exchanged
+    (other / "tokenizer.json").write_text(json.dumps(d))
+    assert reproduce.main(["--out", str(tmp_path / "r"), flag, str(other)]) == 2
+    assert f"error: {other}: {what}'s tokenizer differs" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
