@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from data import synthetic
+from test_bad_input import swap_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import reproduce  # noqa: E402
@@ -92,10 +93,7 @@ def test_a_model_with_another_tokenizer_is_refused_before_the_run(tmp_path, caps
     monkeypatch.setattr(reproduce, "run_all", lambda *a: pytest.fail("the run started"))
     other = tmp_path / "other"
     shutil.copytree(synthetic.POLICY_DIR, other)
-    d = json.loads((other / "tokenizer.json").read_text())
-    v = d["model"]["vocab"]
-    v["apples"], v["pencils"] = v["pencils"], v["apples"]  # same size, two tokens exchanged
-    (other / "tokenizer.json").write_text(json.dumps(d))
+    swap_tokens(other)
     assert reproduce.main(["--out", str(tmp_path / "r"), flag, str(other)]) == 2
     assert f"error: {other}: {what}'s tokenizer differs" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
