@@ -379,10 +379,14 @@ def oracle_step_probs(task, problems, responses, steps, decode, device) -> torch
     weak reward model from a weak PPO (the synthetic world only)."""
     p = torch.zeros(len(responses), max(map(len, responses)))
     for b, (problem, r, row) in enumerate(zip(problems, responses, steps)):
-        texts = [" ".join(data.split_steps(decode(r[first:last + 1]))) for first, last in row]
-        for (_, last), ok in zip(row, task.step_truth(problem, texts)):
+        for (_, last), ok in zip(row, task.step_truth(problem, step_texts(r, row, decode))):
             p[b, last] = float(ok)
     return p.to(device)
+
+
+def step_texts(tokens: list[int], steps: list[tuple[int, int]], decode) -> list[str]:
+    """Each step's text as step truth reads it (data.split_steps' form, the tag dropped)."""
+    return [" ".join(data.split_steps(decode(tokens[first:last + 1]))) for first, last in steps]
 
 
 def score_rewards(ends, p_end, mask, answered, *, kind: str, center: float,
@@ -539,14 +543,14 @@ def rollout(cfg: Config, it: int, problems: list, M, sampler: Sampler, timer) ->
     truth = hasattr(task, "step_truth")
     rows = []
     for b, (p, o, text) in enumerate(zip(problems, outs, texts)):
-        n, texts_b = len(o.tokens), [" ".join(data.split_steps(decode(o.tokens[f:l + 1])))
-                                     for f, l in steps[b]]
+        n = len(o.tokens)
         rows.append(Rollout(
             prompt=prompts[b], response=o.tokens, old_lp=old_lp[b, :n].tolist(),
             ref_lp=ref_lp[b, :n].tolist(), value=values[b, :n].tolist(),
             score=score[b, :n].tolist(), sampler_lp=o.sampling_logprobs, finish=o.finish_reason,
             answered=bool(answered[b]), correct=task.grade(text, p.answer), steps=len(steps[b]),
-            process_ok=all(task.step_truth(p, texts_b)) if truth and steps[b] else None,
+            process_ok=(all(task.step_truth(p, step_texts(o.tokens, steps[b], decode)))
+                        if truth and steps[b] else None),
             step_scores=[p_end[b, last].item() for _, last in steps[b]]))
     return rows
 
@@ -793,10 +797,9 @@ def setup(cfg: Config, d: Dist):
     rm_dir = ensure_reward_model(cfg, policy_dir, d) if needs_rm else policy_dir
     ckpt = Path(cfg.out) / "checkpoint"
     resume = (ckpt / "trainer_state.pt").exists() and not cfg.restart
-    if resume:
-        saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True,
-                           mmap=True)["config"]
-        shepherd.check_settings(ckpt, saved,
+    if resume:  # mmap: pages shared, not copied
+        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)
+        shepherd.check_settings(ckpt, st["config"],
                                 {k: v for k, v in asdict(cfg).items() if k not in NOT_ALGORITHM})
     frozen, amp = precision(cfg, d.device)
 
@@ -833,8 +836,6 @@ def setup(cfg: Config, d: Dist):
                opt_critic=adamw(critic, cfg.critic_lr, cfg.weight_decay))
     start = 0
     if resume:
-        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True,
-                        mmap=True)  # mmap: pages shared, not copied
         optim_state(policy, M.opt_policy, cfg, st["opt_policy"])
         optim_state(critic, M.opt_critic, cfg, st["opt_critic"])
         start = st["iteration"]
@@ -919,7 +920,6 @@ def run(argv=None) -> int:
     d = init_distributed(cfg.device or None)
     check_run(cfg, d)
     out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)  # nothing below draws from it; set for any future code that does
     M, start = setup(cfg, d)
     task = M.task
     resume = start > 0
