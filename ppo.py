@@ -798,7 +798,12 @@ def setup(cfg: Config, d: Dist):
     ckpt = Path(cfg.out) / "checkpoint"
     resume = (ckpt / "trainer_state.pt").exists() and not cfg.restart
     if resume:  # mmap: pages shared, not copied
-        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=True)
+        st = shepherd.load_trainer_state(ckpt / "trainer_state.pt",
+                                         ("iteration", "opt_policy", "opt_critic", "config"), True)
+        for part in ("policy", "critic"):
+            shepherd.load_model(ckpt / part, f"the checkpoint's {part}", check_only=True)
+        if not (ckpt / "critic" / "value_head.safetensors").is_file():
+            raise InputError(f"{ckpt / 'critic'}: no value_head.safetensors; pass --restart")
         shepherd.check_settings(ckpt, st["config"],
                                 {k: v for k, v in asdict(cfg).items() if k not in NOT_ALGORITHM})
     frozen, amp = precision(cfg, d.device)

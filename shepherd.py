@@ -102,6 +102,19 @@ def check_settings(path, saved: dict | None, now: dict, flag=lambda k: "--" + k.
                          f"same ones to resume, or pass --restart (or a new --out) to start over")
 
 
+def load_trainer_state(path: Path, keys: tuple, mmap: bool = False) -> dict:
+    """A resume's trainer_state.pt, tensors and plain types only (weights_only: never unpickled);
+    a truncated or foreign file is the user's to remove, not a traceback."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:  # a zip, pickle or format error: torch gives them no common class
+        st = None
+    if not isinstance(st, dict) or not all(k in st for k in keys):
+        raise InputError(f"{path}: not a trainer state this tool wrote (expected {', '.join(keys)});"
+                         f" pass --restart (or a new --out) to start over")
+    return st
+
+
 def same_tokenizer(a: Tokenizer, b: Tokenizer, what: str):
     """Two models that read each other's tokens (generator and completer, policy and reward)."""
     if a.tok.get_vocab() != b.tok.get_vocab() or (a.prefix, a.suffix) != (b.prefix, b.suffix):

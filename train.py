@@ -27,7 +27,7 @@ from data.formats import InputError, StepExample, read_input, read_step_examples
 from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, tag_positions
 from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, Signs, atomic_write,
                       auc, barrier, check_settings, file_digest, flag, init_distributed, load_model,
-                      prm_head, progress, seed_for)
+                      load_trainer_state, prm_head, progress, seed_for)
 
 
 @dataclass
@@ -481,7 +481,7 @@ def make_trainer(args: TrainConfig, d: Dist, resume: bool) -> Trainer:
     opt = adamw(model, args.lr, args.weight_decay)
     start = 0
     if resume:
-        st = torch.load(out / "trainer_state.pt", map_location="cpu", weights_only=True)
+        st = load_trainer_state(out / "trainer_state.pt", ("settings", "optimizer", "step"))
         check_settings(out / "trainer_state.pt", st.get("settings"), settings)
         opt.load_state_dict(st["optimizer"])
         start = int(st["step"])

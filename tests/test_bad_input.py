@@ -422,3 +422,25 @@ def test_bad_data_for_a_scratch_model_leaves_no_scratch_tokenizer(tmp_path, caps
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'in.jsonl'}:1")
     assert files_under(tmp_path / "tmp") == [] and not list((tmp_path / "tmp").iterdir())
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("state", ["garbage", "foreign"])
+@pytest.mark.parametrize("command", ["train", "ppo"])
+def test_a_broken_trainer_state_is_one_line_and_touches_nothing(tmp_path, capsys, command, state):
+    out = tmp_path / "run"
+    folder = out / "checkpoint" if command == "ppo" else out
+    shutil.copytree(POLICY, folder)  # train resumes its --out; ppo.py its --out/checkpoint
+    (folder / "trainer_state.json").unlink(missing_ok=True)
+    path = folder / "trainer_state.pt"
+    if state == "garbage":  # a truncated copy, or not torch's format at all
+        path.write_text("not a torch file\n")
+    else:  # torch's format, but not what resuming reads
+        torch.save({"step": 3}, path)
+    before = {f: Path(f).stat().st_mtime_ns for f in files_under(tmp_path)}
+    argv = (["--reward", "truth", "--critic-init", "policy", "--iterations", "1", "--out", str(out)]
+            if command == "ppo" else ["train", "--steps", "4", "--out", str(out)])
+    rc = ppo.main(argv) if command == "ppo" else shepherd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {path}: not a trainer state this tool wrote") and "--restart" in err[0], err
+    assert {f: Path(f).stat().st_mtime_ns for f in files_under(tmp_path)} == before

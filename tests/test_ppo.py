@@ -426,6 +426,11 @@ def test_resume_continues_the_run_exactly(world, tmp_path, monkeypatch, capsys):
     assert ppo.main(b + ["--lr", "1e-3"]) == 2  # a checkpoint made with another learning rate is not resumed
     assert re.fullmatch(r"error: .*checkpoint: made with other settings \(--lr 0.003 -> 0.001\).*--restart.*\n",
                         capsys.readouterr().err)
+    head = tmp_path / "b" / "checkpoint" / "critic" / "value_head.safetensors"
+    head.rename(tmp_path / "head")  # a checkpoint missing a part is refused before anything runs
+    assert ppo.main(b) == 2
+    assert capsys.readouterr().err == f"error: {head.parent}: no value_head.safetensors; pass --restart\n"
+    (tmp_path / "head").rename(head)
     assert ppo.main(b) == 0
     pa, pb = params(tmp_path / "a" / "checkpoint"), params(tmp_path / "b" / "checkpoint")
     for k in pa:
