@@ -452,7 +452,8 @@ def train_examples(args: TrainConfig, tok: Tokenizer, head, context: int) -> tup
                          f"{len(too_long)} such example(s)")
     train, held = split_heldout(examples, args.heldout)
     if not train:
-        raise InputError("no training examples")
+        raise InputError(f"--heldout {args.heldout}: leaves none of the {len(examples)} examples "
+                         f"to train on")
     return train, held
 
 

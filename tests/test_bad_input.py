@@ -162,6 +162,10 @@ CASES = [
     ("verify-solutions-unknown", '{"problem_id": "nope", "steps": ["1 + 1 = 2"]}\n',
      ["verify", "--solutions", "{in}", "--out", "{out}/v"], "{in}: no record's problem_id or question"),
     ("unknown-split", None, ["label", "--split", "dev", "--out", "{out}/l.jsonl"], "--split dev: task 'synthetic' has splits train, val, test"),
+    ("train-data-folder", None, ["train", "--objective", "prm", "--data", "{dir}", "--out", "{out}/t"],
+     "{dir}: Is a directory; expected a JSONL file"),
+    ("train-heldout-all", None, ["train", "--heldout", "1.0", "--num-examples", "64", "--steps", "2", "--out", "{out}/t"],
+     "--heldout 1.0: leaves none of the 64 examples to train on"),
     # ppo.py: the same contract
     ("ppo-policy-missing", None, ["ppo", "--policy", "{dir}/nowhere", "--out", "{out}/p"], "--policy: {dir}/nowhere: not a checkpoint"),
     ("ppo-reward-model-no-tokenizer", None, ["ppo", "--reward-model", "{ck:no-tokenizer}", "--out", "{out}/p"],
