@@ -396,6 +396,11 @@ def cmd_verify(args: VerifyConfig) -> int:
     rms = [(f"{kind}-{n}" if n else kind, p) for kind, specs in
            (("PRM", args.prm), ("ORM", args.orm), ("LM", args.lm))
            for n, p in map(split_rm, specs or [])]
+    names = [name for name, _ in rms]
+    for name in names:  # two scorers under one name: the second would overwrite the first's column
+        if names.count(name) > 1:
+            raise InputError(f"{rm_flag(name)}: the name {name} is given twice; name each "
+                             f"--prm/--orm/--lm NAME=PATH apart")
     for name, path in rms:  # every reward model is checked before anything is written
         prm_head(load_model(path, rm_flag(name), check_only=True)[1],
                  args.tag, args.good, args.bad)
