@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 from data import synthetic  # noqa: E402
-from shepherd import InputError, atomic_write, load_model, same_tokenizer  # noqa: E402
+from shepherd import POSITIVE, InputError, atomic_write, load_model, same_tokenizer  # noqa: E402
 
 
 @dataclass
@@ -161,6 +161,10 @@ def write_label_parts(d: Path, z: Sizes):
                      "".join(x for x in lines if json.loads(x)["problem_id"] in keep))
 
 
+class StageFailed(RuntimeError):
+    pass
+
+
 def run(stage: Stage, d: Path, threads: int) -> dict:
     """One stage as a subprocess (output to STAGE.log);
     its wall time and CPU time recorded in STAGE.done."""
@@ -176,7 +180,9 @@ def run(stage: Stage, d: Path, threads: int) -> dict:
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
-        raise RuntimeError(f"stage {d.name}/{stage.name} failed (exit {p.returncode}); see {log}")
+        said = [x for x in log.read_text(errors="replace").splitlines() if x.startswith("error: ")]
+        raise StageFailed(f"stage {d.name}/{stage.name} failed (exit {p.returncode}"
+                          f"{': ' + said[-1][7:] if said else ''}); see {log}")
     done = {"wall_s": time.time() - t, "cpu_s": usage.ru_utime + usage.ru_stime,
             "threads": threads, "command": "python " + " ".join(stage.argv)}
     atomic_write(d / f"{stage.name}.done", json.dumps(done) + "\n")
@@ -464,8 +470,8 @@ def parse_args(argv=None):
                         "README measures the verifier base here)")
     p.add_argument("--verifier", default=synthetic.VERIFIER_DIR,
                    help="the base the reward models are fine-tuned from")
-    p.add_argument("--jobs", type=int, default=2, help="stages run side by side")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per stage")
+    p.add_argument("--jobs", type=POSITIVE, default=2, help="stages run side by side")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="torch threads per stage")
     return p.parse_args(argv)
 
 
@@ -482,7 +488,13 @@ def sizes_of(args) -> Sizes:
                    else types[key](value))
         except ValueError:
             raise InputError(f"--set {item}: expected a {types[key].__name__}") from None
+        if not all(v > 0 for v in (val if isinstance(val, tuple) else [val])):
+            raise InputError(f"--set {item}: expected {'numbers' if types[key] is tuple else 'a number'} "
+                             f"above 0")
         z = replace(z, **{key: val})
+    if z.ppo_batch % z.ppo_minibatch:  # ppo.py would refuse it, an hour into the run
+        raise InputError(f"--set: ppo_batch {z.ppo_batch} must be a multiple of ppo_minibatch "
+                         f"{z.ppo_minibatch}")
     return z
 
 
@@ -496,15 +508,21 @@ def main(argv=None) -> int:
                                  ("--completer", args.completer, "the completer")):
             if path:
                 same_tokenizer(tok, load_model(path, flag, check_only=True)[1], what)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise InputError(f"{args.out}: --out exists and is not a folder")
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from tqdm import tqdm
     out = Path(args.out)
     t0 = time.time()
-    with tqdm(desc="reproduce", unit="stage", dynamic_ncols=True) as bar:
-        run_all(out, args.seeds, z, args.policy, args.verifier, args.jobs, args.threads, bar,
-                args.completer)
+    try:
+        with tqdm(desc="reproduce", unit="stage", dynamic_ncols=True) as bar:
+            run_all(out, args.seeds, z, args.policy, args.verifier, args.jobs, args.threads, bar,
+                    args.completer)
+    except StageFailed as e:  # finished stages stay done: the same command resumes after a fix
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     md = report(out, args.seeds, z, args.policy, args.verifier,
                 sys.argv[1:] if argv is None else argv, args.completer)
     pngs = figures(out, args.seeds, z, args.policy)

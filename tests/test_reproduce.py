@@ -68,6 +68,10 @@ def test_bad_sizes_are_refused(tmp_path, capsys):
     assert "unknown field 'label_problem'" in capsys.readouterr().err
     assert reproduce.main(["--out", str(tmp_path), "--set", "rm_steps=many"]) == 2
     assert "expected a int" in capsys.readouterr().err
+    for bad, want in (("solutions=0", "expected a number above 0"), ("capacity=0.5,-1", "expected numbers above 0"),
+                      ("ppo_batch=48", "ppo_batch 48 must be a multiple of ppo_minibatch 32")):
+        assert reproduce.main(["--out", str(tmp_path), "--set", bad]) == 2
+        assert want in capsys.readouterr().err, bad
     assert not any(tmp_path.iterdir())
 
 
@@ -97,3 +101,16 @@ def test_a_model_with_another_tokenizer_is_refused_before_the_run(tmp_path, caps
     assert reproduce.main(["--out", str(tmp_path / "r"), flag, str(other)]) == 2
     assert f"error: {other}: {what}'s tokenizer differs" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_stage_is_one_line_naming_its_error_and_log(tmp_path, capsys, monkeypatch):
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text("my notes\n")  # label refuses to overwrite it: the stage exits 2
+    monkeypatch.setattr(reproduce, "seed_stages", lambda d, *a, **k: [
+        reproduce.Stage("label", ["shepherd.py", "label", "--limit", "1", "--out", str(foreign)])])
+    assert reproduce.main(["--out", str(tmp_path / "r"), "--seeds", "0", "--set", "capacity="]) == 1
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    log = tmp_path / "r" / "seed0" / "label.log"
+    assert err == [f"error: stage seed0/label failed (exit 2: {foreign}: --out exists and is not a label output; "
+                   f"remove it or choose another --out); see {log}"], err
+    assert not (tmp_path / "r" / "seed0" / "label.done").exists() and foreign.read_text() == "my notes\n"
