@@ -40,6 +40,7 @@ import data  # noqa: E402
 import label  # noqa: E402
 from bench_sampler import paired_times, table  # noqa: E402
 from model import PRMHead, Tokenizer, Transformer, tag_positions  # noqa: E402
+from shepherd import NONNEG, POSITIVE, device_arg  # noqa: E402
 
 
 def labeler_args(args) -> SimpleNamespace:
@@ -181,20 +182,20 @@ def hf_per_problem_side(args, task, hf, tok, tag, units):
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", type=int, default=8, help="K synthetic (train) problems")
-    ap.add_argument("--solutions-per-problem", type=int, default=4)
-    ap.add_argument("--num-completions", type=int, default=8, help="N per step (the paper: 8)")
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--max-new-tokens", type=int, default=96,
+    ap.add_argument("--problems", type=POSITIVE, default=8, help="K synthetic (train) problems")
+    ap.add_argument("--solutions-per-problem", type=POSITIVE, default=4)
+    ap.add_argument("--num-completions", type=POSITIVE, default=8, help="N per step (the paper: 8)")
+    ap.add_argument("--temperature", type=NONNEG, default=0.7)
+    ap.add_argument("--max-new-tokens", type=POSITIVE, default=96,
                     help="per solution and per completion")
-    ap.add_argument("--batch-size", type=int, default=64,
+    ap.add_argument("--batch-size", type=POSITIVE, default=64,
                     help="the Labeler's rows per sampler batch")
-    ap.add_argument("--group", type=int, default=8,
+    ap.add_argument("--group", type=POSITIVE, default=8,
                     help="problems per Labeler call (shepherd.py label --group)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--repeats", type=POSITIVE, default=3)
+    ap.add_argument("--threads", type=POSITIVE, default=1,
                     help="CPU threads (1: stable numbers on a shared machine)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--quick", action="store_true",
                     help="2 problems x 2 solutions, N 4, one repeat: a smoke run")
     args = ap.parse_args()

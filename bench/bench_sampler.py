@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from model import ModelConfig, Transformer  # noqa: E402
 from sampler import Sampler  # noqa: E402
+from shepherd import POSITIVE  # noqa: E402
 
 MISTRAL_7B = ROOT.parent / "shared" / "data" / "mistral-7b-v0.1" / "config.json"
 # name: (hidden, intermediate, layers, heads, kv heads, vocab); Mistral-shaped, random weights
@@ -312,10 +313,10 @@ def gpu_section(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--threads", type=POSITIVE, default=1,
                     help="CPU threads (1: stable numbers on a shared machine)")
-    ap.add_argument("--new", type=int, default=128, help="new tokens per row")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--new", type=POSITIVE, default=128, help="new tokens per row")
+    ap.add_argument("--repeats", type=POSITIVE, default=5)
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
                     help="leave out the CPU columns for a torch.compile'd decode step "
