@@ -110,8 +110,8 @@ def load_trainer_state(path: Path, keys: tuple, mmap: bool = False) -> dict:
     except Exception:  # a zip, pickle or format error: torch gives them no common class
         st = None
     if not isinstance(st, dict) or not all(k in st for k in keys):
-        raise InputError(f"{path}: not a trainer state this tool wrote (expected {', '.join(keys)});"
-                         f" pass --restart (or a new --out) to start over")
+        raise InputError(f"{path}: not a trainer state this tool wrote (expected "
+                         f"{', '.join(keys)}); pass --restart (or a new --out) to start over")
     return st
 
 

@@ -489,8 +489,8 @@ def sizes_of(args) -> Sizes:
         except ValueError:
             raise InputError(f"--set {item}: expected a {types[key].__name__}") from None
         if not all(v > 0 for v in (val if isinstance(val, tuple) else [val])):
-            raise InputError(f"--set {item}: expected {'numbers' if types[key] is tuple else 'a number'} "
-                             f"above 0")
+            what = "numbers" if types[key] is tuple else "a number"
+            raise InputError(f"--set {item}: expected {what} above 0")
         z = replace(z, **{key: val})
     if z.ppo_batch % z.ppo_minibatch:  # ppo.py would refuse it, an hour into the run
         raise InputError(f"--set: ppo_batch {z.ppo_batch} must be a multiple of ppo_minibatch "
