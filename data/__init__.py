@@ -93,7 +93,7 @@ def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line, each of `fields` a string; a bad line raises
     ValueError naming the file, the line and the field."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not JSON's
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

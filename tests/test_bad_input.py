@@ -20,7 +20,7 @@ import torch
 import ppo
 import shepherd
 import train
-from data import synthetic
+from data import formats, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = Path(synthetic.POLICY_DIR)
@@ -451,3 +451,12 @@ def test_a_broken_trainer_state_is_one_line_and_touches_nothing(tmp_path, capsys
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: {path}: not a trainer state this tool wrote") and "--restart" in err[0], err
     assert {f: Path(f).stat().st_mtime_ns for f in files_under(tmp_path)} == before
+
+
+def test_a_byte_order_mark_is_not_a_mistake(tmp_path):
+    """Editors on Windows start UTF-8 files with one: read past it, as text without it."""
+    plain, bom = tmp_path / "plain.jsonl", tmp_path / "bom.jsonl"
+    plain.write_text(rec() + "\n")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    rows = formats.read_input(bom)
+    assert rows == formats.read_input(plain) and rows[0][1]["gold"] == "7"
