@@ -483,7 +483,7 @@ def make_trainer(args: TrainConfig, d: Dist, resume: bool) -> Trainer:
     start = 0
     if resume:
         st = load_trainer_state(out / "trainer_state.pt", ("settings", "optimizer", "step"))
-        check_settings(out / "trainer_state.pt", st.get("settings"), settings)
+        check_settings(out / "trainer_state.pt", st["settings"], settings)
         opt.load_state_dict(st["optimizer"])
         start = int(st["step"])
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.startswith("cuda")

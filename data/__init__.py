@@ -93,8 +93,12 @@ def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line, each of `fields` a string; a bad line raises
     ValueError naming the file, the line and the field."""
     rows = []
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not JSON's
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, decoded a line at a time: a bad byte names its line
+        for lineno, raw in enumerate(f, 1):
+            try:  # -sig: a leading byte-order mark (Windows editors write one) is not JSON's
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

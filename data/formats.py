@@ -19,8 +19,6 @@ def read_input(path: str | Path) -> list[tuple[int, dict]]:
     bad JSON or an empty file is an InputError."""
     try:
         rows = data.read_jsonl(path)
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; expected a JSONL file") from None
     except OSError as e:  # no such file, a folder, no permission
         raise InputError(f"{path}: {e.strerror}; expected a JSONL file") from None
     except ValueError as e:

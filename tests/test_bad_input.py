@@ -460,3 +460,7 @@ def test_a_byte_order_mark_is_not_a_mistake(tmp_path):
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
     rows = formats.read_input(bom)
     assert rows == formats.read_input(plain) and rows[0][1]["gold"] == "7"
+    latin = tmp_path / "latin.jsonl"  # a byte that is not UTF-8 names its line, past the first
+    latin.write_bytes(plain.read_bytes() + rec(question="Zoe has 3 apples.").replace("Zoe", "Zo\xeb").encode("latin-1") + b"\n")
+    with pytest.raises(formats.InputError, match=f"^{re.escape(str(latin))}:2: not UTF-8 text$"):
+        formats.read_input(latin)
