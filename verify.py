@@ -9,20 +9,24 @@ and a reference: a plain LM (e.g. the reward models' base) read as a verifier.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import re
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import data
-from data.formats import InputError, read_input, steps_field
+from data.formats import InputError, read_input, steps_field, text_field
 from model import DTYPES, PRMHead, Tokenizer, Transformer, tag_positions
-from shepherd import (NONNEG, POSITIVE, Common, Signs, atomic_write, auc, file_digest, flag,
-                      load_model, prm_head, progress, seed_for, task_problems)
+from shepherd import (NONNEG, POSITIVE, Common, Signs, atomic_write, auc, flag, load_model,
+                      prm_head, progress, seed_for, task_problems)
 
 
 def aggregate(step_scores: list[float], how: str) -> float:
@@ -240,15 +244,60 @@ class VerifyConfig(Signs, Common):
     out: str = flag("runs/verify")
 
 
-def split_rm(spec: str) -> tuple[str, str]:
-    """'NAME=PATH' or 'PATH' -> (name, path)."""
+def split_rm(kind: str, spec: str) -> tuple[str, str]:
+    """'NAME=PATH' or 'PATH' -> (the scorer's name: 'PRM-NAME' or 'PRM', path). The name is part
+    of a file name (scores.PRM-NAME.json), so a path in it is refused ('%': bench's '200%')."""
     name, sep, path = spec.partition("=")
-    return (name, path) if sep else ("", spec)
+    if not sep or not name:
+        return kind, path if sep else spec
+    if not re.fullmatch(r"[A-Za-z0-9_.%-]+", name) or name in (".", ".."):
+        raise InputError(f"--{kind.lower()} {spec}: expected a NAME of letters, digits, '-', '_', "
+                         f"'.' and '%' (it names the file scores.{kind}-NAME.json)")
+    return f"{kind}-{name}", path
 
 
 def rm_flag(name: str) -> str:
     """How errors name a scorer: 'PRM-hard' -> '--prm PRM-hard'."""
     return f"--{name.split('-')[0].lower()} {name}"
+
+
+def check_out(out: Path):
+    """--out: new, empty, or an earlier verify run's (whose files it reuses and overwrites)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out exists and is not a folder")
+    # what a verify run leaves: its results, a score cache, or samples beside their settings
+    ours = (any(out.glob("scores.*.json")) or (out / "results.json").exists()
+            or all((out / n).exists() for n in ("solutions.jsonl", "config.json")))
+    if out.exists() and any(out.iterdir()) and not ours:
+        raise InputError(f"{out}: --out exists and is not a verify output; choose another --out")
+
+
+def read_own_json(path: Path, fields: tuple[str, ...]) -> dict | None:
+    """A JSON object an earlier run wrote into --out, or None if absent. A foreign or broken one
+    is the user's to remove: never read past, never overwritten."""
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_bytes()) if path.is_file() else None
+    except ValueError:  # not JSON, not UTF-8
+        obj = None
+    if not isinstance(obj, dict) or not all(k in obj for k in fields):
+        raise InputError(f"{path}: expected a JSON object with {', '.join(map(repr, fields))}, "
+                         f"as verify writes it (delete it to recompute)")
+    return obj
+
+
+@contextmanager
+def removed_on_error(out: Path):
+    """A run that fails once it writes (a user's mistake only scoring finds, such as NaN
+    weights; a full disk) leaves no folder behind that it made."""
+    made = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+    try:
+        yield
+    except (InputError, OSError):
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def sampling_key(args) -> dict:
@@ -257,74 +306,115 @@ def sampling_key(args) -> dict:
                                           "temperature", "max_new_tokens", "seed")}
 
 
-def verify_solutions(args, task, problems: list, out: Path, dtype, device) -> tuple[list, dict]:
-    """The solutions verify ranks, as (problems, steps of each problem's solutions): read from
-    --solutions, reused from an earlier run with the same sampling settings, or sampled by the
-    generator (seeds from ids: the same samples on a rerun)."""
+def read_solutions(args, problems: list) -> tuple[list, dict, dict]:
+    """--solutions, someone else's samples: records with problem_id (or question) and steps, each
+    one checked; those of other problems are skipped. As verify_solutions returns them."""
+    by_q = {p.question.strip(): p for p in problems}
+    by_id = {p.id: p for p in problems}
+    sols, where = {}, {}
+    for n, rec in read_input(args.solutions):
+        at = f"{args.solutions}:{n}"
+        if "problem_id" not in rec and "question" not in rec:
+            raise InputError(f"{at}: expected field 'problem_id' or 'question'")
+        pid = text_field(rec, "problem_id", at) if "problem_id" in rec else None
+        question = text_field(rec, "question", at).strip() if "question" in rec else None
+        steps = steps_field(rec, "steps", at)
+        p = by_id.get(pid) or by_q.get(question)
+        if p is not None and len(sols.get(p.id, [])) < args.num_samples:
+            sols.setdefault(p.id, []).append(steps)
+            where.setdefault(p.id, []).append(at)
+    problems = [p for p in problems if p.id in sols]
+    if not problems:
+        raise InputError(f"{args.solutions}: no record's problem_id or question is one of the "
+                         f"first {args.limit} {args.task} {args.split} problems")
+    return problems, sols, where
+
+
+def read_samples(path: Path, problems: list) -> tuple[list, dict, dict]:
+    """An earlier run's samples (its solutions.jsonl), as verify_solutions returns them."""
+    ids, sols, where = {p.id for p in problems}, {}, {}
+    for n, rec in read_input(path):
+        pid, steps = rec.get("problem_id"), rec.get("steps")
+        if not (isinstance(pid, str) and pid in ids and isinstance(steps, list)
+                and all(isinstance(s, str) for s in steps)):
+            raise InputError(f"{path}:{n}: expected problem_id and steps, as verify writes them "
+                             f"(delete it to sample again)")
+        sols.setdefault(pid, []).append(steps)
+        where.setdefault(pid, []).append(f"{path}:{n}")
+    if len(sols) < len(ids):
+        raise InputError(f"{path}: {len(ids) - len(sols)} of the problems have no samples "
+                         f"(delete it to sample again)")
+    return problems, sols, where
+
+
+def verify_solutions(args, task, problems: list, out: Path, dtype,
+                     device) -> tuple[list, dict, dict, str | None]:
+    """The solutions verify ranks, as (problems, steps of each problem's solutions, where each
+    one comes from, the samples to write or None): read from --solutions, reused from an earlier
+    run with the same sampling settings, or sampled by the generator (seeds from ids: the same
+    samples on a rerun). Nothing is written here: the caller checks the solutions first."""
     sol_file = out / "solutions.jsonl"
-    if args.solutions:  # someone else's samples: records with problem_id (or question) and steps
-        by_q = {p.question.strip(): p for p in problems}
-        by_id = {p.id: p for p in problems}
-        sols = {}
-        for n, rec in read_input(args.solutions):
-            p = by_id.get(rec.get("problem_id")) or by_q.get(str(rec.get("question", "")).strip())
-            if p is not None:
-                sols.setdefault(p.id, []).append(steps_field(rec, "steps", f"{args.solutions}:{n}"))
-        problems = [p for p in problems if p.id in sols]
-        if not problems:
-            raise InputError(f"{args.solutions}: no record's problem_id or question is one of the "
-                             f"first {args.limit} {args.task} {args.split} problems")
-        sol_steps = {p.id: sols[p.id][:args.num_samples] for p in problems}
-        out.mkdir(parents=True, exist_ok=True)
-    elif sol_file.exists() and (out / "config.json").exists() and \
-            json.loads((out / "config.json").read_text()).get("sampling") == sampling_key(args):
-        sol_steps = {}
-        for _, rec in read_input(sol_file):
-            sol_steps.setdefault(rec["problem_id"], []).append(rec["steps"])
+    if args.solutions:
+        return (*read_solutions(args, problems), None)
+    config = read_own_json(out / "config.json", ("sampling",))
+    if sol_file.exists() and config and config["sampling"] == sampling_key(args):
         print(f"reusing {sol_file}")
-    else:
-        from sampler import Sampler
-        gen, tok = load_model(args.model or task.POLICY_DIR, "--model", dtype, device)
-        out.mkdir(parents=True, exist_ok=True)
-        sampler = Sampler(gen, max_batch=args.batch_size,
-                          max_len=gen.config.max_position_embeddings)
-        sol_steps, lines = {}, []
-        for p in progress(problems, desc="sample", unit="problem"):
-            prompt = tok.encode(data.format_prompt(p.question))
-            outs = sampler.generate(
-                [prompt] * args.num_samples, sampler.room([prompt], args.max_new_tokens)[0],
-                temperature=args.temperature,
-                seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
-            sol_steps[p.id] = [data.split_steps(data.from_model_tag(tok.decode(o.tokens), args.tag))
-                               for o in outs]
-            lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n"
-                      for j, s in enumerate(sol_steps[p.id])]
-        atomic_write(sol_file, "".join(lines))
-        atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")
-        del gen, sampler
-    return problems, sol_steps
+        return (*read_samples(sol_file, problems), None)
+    from sampler import Sampler
+    gen, tok = load_model(args.model or task.POLICY_DIR, "--model", dtype, device)
+    sampler = Sampler(gen, max_batch=args.batch_size, max_len=gen.config.max_position_embeddings)
+    sol_steps, where, lines = {}, {}, []
+    for p in progress(problems, desc="sample", unit="problem"):
+        prompt = tok.encode(data.format_prompt(p.question))
+        outs = sampler.generate(
+            [prompt] * args.num_samples, sampler.room([prompt], args.max_new_tokens)[0],
+            temperature=args.temperature,
+            seeds=[seed_for(args.seed, p.id, j, "verify") for j in range(args.num_samples)])
+        sol_steps[p.id] = [data.split_steps(data.from_model_tag(tok.decode(o.tokens), args.tag))
+                           for o in outs]
+        where[p.id] = [f"--model's sample {j} of problem {p.id}" for j in range(len(outs))]
+        lines += [json.dumps({"problem_id": p.id, "index": j, "steps": s}) + "\n"
+                  for j, s in enumerate(sol_steps[p.id])]
+    return problems, sol_steps, where, "".join(lines)
 
 
-def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list, out: Path,
-                  dtype, device):
+def check_fits(args, scorers: dict, problems: list, sol_steps: dict, where: dict):
+    """Every solution as every scorer reads it (scorers: name -> tokenizer, head, context): one
+    tag per step (a step holding the tag would shift every score after it) and whole (cut at the
+    context, its last steps would go unscored while its answer still counts)."""
+    question = {p.id: p.question for p in problems}
+    for name, (tok, head, ctx) in scorers.items():
+        style = "shepherd" if name.startswith("LM") else args.rm_format
+        for pid, sols in sol_steps.items():
+            for steps, at in zip(sols, where[pid]):
+                ids = tok.encode(data.to_model_tag(rm_text(question[pid], steps, style), head.text))
+                tags = len(tag_positions(ids, head.tag))
+                if tags != len(steps):
+                    raise InputError(f"{at}: field 'steps': {len(steps)} steps but {tags} step "
+                                     f"tags after tokenization")
+                if len(ids) > ctx:
+                    raise InputError(f"{at}: question + field 'steps': {len(ids)} tokens do not "
+                                     f"fit the context of {rm_flag(name)} ({ctx})")
+
+
+def verify_scores(args, rms: list, caches: dict, problems: list, sol_steps: dict, pairs: list,
+                  out: Path, dtype, device):
     """(scores, slips): every solution's step scores by every reward model (scored once, cached
-    beside the solutions), and each model's last-step score of the slip pairs (right, slipped)."""
+    beside the solutions; caches: name -> what read_own_json read), and each model's last-step
+    score of the slip pairs (right, slipped)."""
     scores, slips = {}, {}
-    sol_file = out / "solutions.jsonl"
+    flat = [(p.id, s) for p in problems for s in sol_steps[p.id]]
+    question = {p.id: p.question for p in problems}
+    todo = [(question[pid], s) for pid, s in flat] + \
+           [(q, st) for q, right, slipped in pairs for st in (right, slipped)]
+    inputs = hashlib.sha256(json.dumps(todo).encode()).hexdigest()[:16]  # every text, in order
     for name, path in rms:
-        cache = out / f"scores.{name}.json"
-        key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path,
-               "solutions": file_digest(args.solutions or sol_file),
+        key = {"rm": str(Path(path).resolve()) if Path(path).exists() else path, "inputs": inputs,
                "format": "lm" if name.startswith("LM") else args.rm_format,
-               "slips": len(pairs)}
-        if cache.exists() and json.loads(cache.read_text())["key"] == key:
-            cached = json.loads(cache.read_text())
-            scores[name], slips[name] = cached["scores"], cached["slips"]
+               "tag": args.tag, "good": args.good, "bad": args.bad}
+        if caches[name] and caches[name]["key"] == key:
+            scores[name], slips[name] = caches[name]["scores"], caches[name]["slips"]
             continue
-        flat = [(p.id, s) for p in problems for s in sol_steps[p.id]]
-        question = {p.id: p.question for p in problems}
-        todo = [(question[pid], s) for pid, s in flat] + \
-               [(q, st) for q, right, slipped in pairs for st in (right, slipped)]
         got = score_with(name, path, args, todo, dtype, device)
         if not all(math.isfinite(x) for sc in got for x in sc):
             raise InputError(f"{path}: the reward model's scores are not finite "
@@ -335,7 +425,8 @@ def verify_scores(args, rms: list, problems: list, sol_steps: dict, pairs: list,
         scores[name] = per
         ends = [sc[-1] for sc in got[len(flat):]]
         slips[name] = [ends[0::2], ends[1::2]]  # the score of the last step: right, slipped
-        atomic_write(cache, json.dumps({"key": key, "scores": per, "slips": slips[name]}) + "\n")
+        atomic_write(out / f"scores.{name}.json",
+                     json.dumps({"key": key, "scores": per, "slips": slips[name]}) + "\n")
     return scores, slips
 
 
@@ -386,30 +477,8 @@ def graded(task, problem, solutions: list[list[str]], scores: dict) -> dict:
     return out
 
 
-def cmd_verify(args: VerifyConfig) -> int:
-    t0 = time.time()
-    task = data.get_task(args.task)
-    out = Path(args.out)
-    dtype = DTYPES[args.dtype]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    problems = task_problems(task, args.task, args.split)[:args.limit]
-    rms = [(f"{kind}-{n}" if n else kind, p) for kind, specs in
-           (("PRM", args.prm), ("ORM", args.orm), ("LM", args.lm))
-           for n, p in map(split_rm, specs or [])]
-    names = [name for name, _ in rms]
-    for name in names:  # two scorers under one name: the second would overwrite the first's column
-        if names.count(name) > 1:
-            raise InputError(f"{rm_flag(name)}: the name {name} is given twice; name each "
-                             f"--prm/--orm/--lm NAME=PATH apart")
-    for name, path in rms:  # every reward model is checked before anything is written
-        prm_head(load_model(path, rm_flag(name), check_only=True)[1],
-                 args.tag, args.good, args.bad)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out exists and is not a folder")
-    problems, sol_steps = verify_solutions(args, task, problems, out, dtype, device)
-    # where the task can make them: reference steps vs the same with an arithmetic slip
-    pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
-    scores, slips = verify_scores(args, rms, problems, sol_steps, pairs, out, dtype, device)
+def report(args, task, problems: list, sol_steps: dict, scores: dict, slips: dict, out: Path):
+    """The best-of-N curve and the verifier diagnostics: printed, and written to --out."""
     per_problem = [graded(task, p, sol_steps[p.id], {k: v[p.id] for k, v in scores.items()})
                    for p in problems]
     S = min(len(p["answers"]) for p in per_problem)
@@ -440,5 +509,42 @@ def cmd_verify(args: VerifyConfig) -> int:
         f"{n},{m},{curve[n][m]['mean']:.5f},{curve[n][m]['std']:.5f}\n"
         for n in ns for m in methods))
     plot_curve(curve, ns, methods, out / "results.png")
+
+
+def cmd_verify(args: VerifyConfig) -> int:
+    t0 = time.time()
+    task = data.get_task(args.task)
+    out = Path(args.out)
+    dtype = DTYPES[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    problems = task_problems(task, args.task, args.split)[:args.limit]
+    rms = [split_rm(kind, spec) for kind, specs in
+           (("PRM", args.prm), ("ORM", args.orm), ("LM", args.lm)) for spec in specs or []]
+    names = [name for name, _ in rms]
+    for name in names:  # two scorers under one name: the second would overwrite the first's column
+        if names.count(name) > 1:
+            raise InputError(f"{rm_flag(name)}: the name {name} is given twice; name each "
+                             f"--prm/--orm/--lm NAME=PATH apart")
+    scorers = {}
+    for name, path in rms:  # every reward model is checked before anything is written
+        rm, tok = load_model(path, rm_flag(name), check_only=True)
+        scorers[name] = (tok, prm_head(tok, args.tag, args.good, args.bad),
+                         rm.config.max_position_embeddings)
+    if not (args.solutions or args.model or hasattr(task, "POLICY_DIR")):
+        raise InputError(f"--model is required for task {args.task!r}")
+    check_out(out)
+    caches = {name: read_own_json(out / f"scores.{name}.json", ("key", "scores", "slips"))
+              for name in names}
+    problems, sol_steps, where, samples = verify_solutions(args, task, problems, out, dtype, device)
+    check_fits(args, scorers, problems, sol_steps, where)
+    # where the task can make them: reference steps vs the same with an arithmetic slip
+    pairs = task.slip_pairs(problems[:200], args.seed) if hasattr(task, "slip_pairs") else []
+    with removed_on_error(out):
+        if samples is not None:
+            atomic_write(out / "solutions.jsonl", samples)
+            atomic_write(out / "config.json", json.dumps({"sampling": sampling_key(args)}) + "\n")
+        scores, slips = verify_scores(args, rms, caches, problems, sol_steps, pairs, out, dtype,
+                                      device)
+        report(args, task, problems, sol_steps, scores, slips, out)
     print(f"wrote {out}/results.json, results.csv ({time.time() - t0:.0f}s)")
     return 0

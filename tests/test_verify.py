@@ -1,5 +1,7 @@
 """Verification: aggregations, votes and best-of-N on hand-made scores; scoring in the released PRM's layout."""
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -258,3 +260,147 @@ def test_verify_reads_the_verifier_base_as_a_reference_lm(tmp_path):
     d = res["diagnostics"]["LM-base"]
     assert d["within_auc_process"] == 1.0 and d["slip_auc"] > 0.95
     assert res["curve"]["2"]["LM-base-min"]["mean"] == 1.0
+
+
+# Bad input: one line `error: ...`, exit code 2, nothing written (README's "Bad input")
+S = ["2 * 3 = 6", "6 - 2 = 4", "4 + 10 = 14", "4 + 14 = 18", "The answer is: 18"]  # syn-test-000000's
+
+
+def jsonl(path: Path, *records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def refused(capsys, *argv) -> str:
+    """verify's error line, after checking it is the one line on stderr (progress bars aside), exit code 2."""
+    capsys.readouterr()
+    rc = shepherd.main(["verify", "--limit", "1", "--num-samples", "2", "--subsets", "2", *map(str, argv)])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip() and not re.search(r"\d+%\|.*\]$", x)]
+    assert rc == 2 and len(err) == 1, (rc, err)
+    return err[0]
+
+
+def files(folder: Path) -> dict:
+    return {str(f): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("record,want", [
+    ({"problem_id": ["syn-test-000000"], "steps": S}, "1: field 'problem_id': expected a string, got list"),
+    ({"problem_id": {"id": 0}, "steps": S}, "1: field 'problem_id': expected a string, got dict"),
+    ({"problem_id": 0, "steps": S}, "1: field 'problem_id': expected a string, got int"),
+    ({"question": ["x"], "steps": S}, "1: field 'question': expected a string, got list"),
+    ({"steps": S}, "1: expected field 'problem_id' or 'question'"),
+    # a problem verify does not rank: its record is checked all the same
+    ({"problem_id": "nope", "steps": 5}, "1: field 'steps': expected a list of step strings, got int")],
+    ids=["id-list", "id-dict", "id-int", "question-list", "no-problem", "unknown-problem"])
+def test_verify_checks_every_solution_record(tmp_path, capsys, record, want):
+    sols = jsonl(tmp_path / "s.jsonl", record, {"problem_id": "syn-test-000000", "steps": S})
+    assert refused(capsys, "--solutions", sols, "--out", tmp_path / "v") == f"error: {sols}:{want}"
+    assert list(tmp_path.iterdir()) == [tmp_path / "s.jsonl"]
+
+
+@pytest.mark.parametrize("steps,tag,want", [
+    (["2 * 3 = 6 ки 6 - 2 = 4", *S[2:]], "ки", "4 steps but 5 step tags"),
+    (S, "+", "5 steps but 7 step tags")],  # --tag +: the '+' of '4 + 10 = 14' reads as a step end
+    ids=["tag-in-step", "plus-tag"])
+def test_verify_refuses_steps_that_hold_the_step_tag(tmp_path, capsys, steps, tag, want):
+    """Every step score after such a step would be the next step's: the scores no longer line up."""
+    from data import synthetic
+    sols = jsonl(tmp_path / "s.jsonl", {"problem_id": "syn-test-000000", "steps": steps})
+    got = refused(capsys, "--solutions", sols, "--prm", synthetic.VERIFIER_DIR, "--tag", tag, "--out", tmp_path / "v")
+    assert got == f"error: {sols}:1: field 'steps': {want} after tokenization"
+    assert list(tmp_path.iterdir()) == [tmp_path / "s.jsonl"]
+
+
+@pytest.mark.parametrize("flag", ["--prm", "--lm"])
+def test_verify_refuses_a_solution_longer_than_the_context(tmp_path, capsys, flag):
+    """Cut at the context, its last steps would go unscored while its answer still counts."""
+    from data import synthetic
+    sols = jsonl(tmp_path / "s.jsonl", {"problem_id": "syn-test-000000", "steps": S},
+                 {"problem_id": "syn-test-000000", "steps": ["1 + 1 = 2"] * 100 + ["The answer is: 2"]})
+    got = refused(capsys, "--solutions", sols, flag, synthetic.VERIFIER_DIR, "--out", tmp_path / "v")
+    n = got.split("'steps': ")[-1].split()[0]  # the solution's tokens, prompt included
+    assert got == f"error: {sols}:2: question + field 'steps': {n} tokens do not fit the context of " \
+                  f"{flag} {flag[2:].upper()} (256)" and int(n) > 256
+    assert list(tmp_path.iterdir()) == [tmp_path / "s.jsonl"]
+
+
+def test_verify_refuses_an_out_that_is_not_its_own(tmp_path, capsys):
+    """A checkpoint folder as --out: its config.json would be overwritten by verify's."""
+    from data import synthetic
+    out = tmp_path / "ck"
+    shutil.copytree(synthetic.POLICY_DIR, out)
+    before = files(tmp_path)
+    assert refused(capsys, "--out", out) == \
+        f"error: {out}: --out exists and is not a verify output; choose another --out"
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("name,text,fields", [("scores.PRM.json", "{}\n", "'key', 'scores', 'slips'"),
+                                              ("scores.PRM.json", "[1", "'key', 'scores', 'slips'"),
+                                              ("config.json", "{", "'sampling'")],
+                         ids=["scores-empty-object", "scores-not-json", "config-not-json"])
+def test_verify_refuses_a_broken_file_in_its_out(tmp_path, capsys, name, text, fields):
+    from data import synthetic
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / name).write_text(text)
+    if name == "config.json":  # beside samples: verify would reuse them if the settings matched
+        jsonl(out / "solutions.jsonl", {"problem_id": "syn-test-000000", "index": 0, "steps": S})
+        argv = []
+    else:
+        argv = ["--solutions", jsonl(tmp_path / "s.jsonl", {"problem_id": "syn-test-000000", "steps": S}),
+                "--prm", synthetic.VERIFIER_DIR]
+    before = files(tmp_path)
+    assert refused(capsys, *argv, "--out", out) == \
+        f"error: {out / name}: expected a JSON object with {fields}, as verify writes it (delete it to recompute)"
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("flag,name", [("--prm", "x/y"), ("--prm", "../../escaped"), ("--orm", ".."), ("--lm", ".")])
+def test_verify_refuses_a_scorer_name_that_is_not_a_plain_name(tmp_path, capsys, flag, name):
+    """The name is part of a file name (scores.PRM-NAME.json): a path in it would write outside --out."""
+    from data import synthetic
+    sols = jsonl(tmp_path / "s.jsonl", {"problem_id": "syn-test-000000", "steps": S})
+    spec = f"{name}={synthetic.VERIFIER_DIR}"
+    assert refused(capsys, "--solutions", sols, flag, spec, "--out", tmp_path / "a" / "b" / "v") == \
+        f"error: {flag} {spec}: expected a NAME of letters, digits, '-', '_', '.' and '%' " \
+        f"(it names the file scores.{flag[2:].upper()}-NAME.json)"
+    assert list(tmp_path.rglob("*")) == [tmp_path / "s.jsonl"]
+
+
+def test_verify_needs_a_model_for_a_task_without_a_policy(tmp_path, capsys, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    jsonl(tmp_path / "gsm8k" / "test.jsonl", {"question": "What is 1 + 2?", "answer": "1 + 2 = 3\n#### 3"})
+    monkeypatch.setenv("SHEPHERD_GSM8K_DIR", str(tmp_path / "gsm8k"))
+    assert refused(capsys, "--task", "gsm8k", "--out", tmp_path / "v") == "error: --model is required for task 'gsm8k'"
+    assert not (tmp_path / "v").exists()
+
+
+def test_verify_leaves_no_folder_behind_when_scoring_finds_bad_weights(tmp_path, capsys):
+    """NaN weights show only in the scores, once --out holds another model's: the folders this run made go again."""
+    from safetensors.torch import load_file, save_file
+    from data import synthetic
+    ck = tmp_path / "nan"
+    shutil.copytree(synthetic.VERIFIER_DIR, ck)
+    t = load_file(str(ck / "model.safetensors"))
+    t["model.norm.weight"][:] = float("nan")
+    save_file(t, str(ck / "model.safetensors"), metadata={"format": "pt"})
+    sols = jsonl(tmp_path / "s.jsonl", {"problem_id": "syn-test-000000", "steps": S})
+    # the PRM is scored (and its scores cached) first, then the ORM
+    assert refused(capsys, "--solutions", sols, "--prm", synthetic.VERIFIER_DIR, "--orm", ck,
+                   "--out", tmp_path / "a" / "b") == \
+        f"error: {ck}: the reward model's scores are not finite (NaN or inf in its weights?)"
+    assert not (tmp_path / "a").exists()
+
+
+def test_verify_rescores_when_the_solutions_it_ranks_change(tmp_path):
+    """The score cache is keyed by every text scored: more --num-samples of the same file are scored (the key was the
+    file's digest, and the old, shorter scores were read past their end)."""
+    from data import synthetic
+    sols = jsonl(tmp_path / "s.jsonl", *[{"problem_id": "syn-test-000000", "steps": S[:k]} for k in (5, 3, 4)])
+    for n in (2, 3):
+        assert shepherd.main(["verify", "--limit", "1", "--num-samples", str(n), "--subsets", "2", "--solutions", sols,
+                              "--prm", synthetic.VERIFIER_DIR, "--out", str(tmp_path / "v")]) == 0
+        cached = json.loads((tmp_path / "v" / "scores.PRM.json").read_text())["scores"]["syn-test-000000"]
+        assert [len(x) for x in cached] == [5, 3, 4][:n]
