@@ -206,12 +206,6 @@ def evaluate_policy(model: Transformer, tok: Tokenizer, task, problems: list,
     return res
 
 
-def scratch_dir(path) -> bool:
-    """A tokenizer folder made by this run (scratch, or with an added tag): removed at the end."""
-    return (str(path).startswith(tempfile.gettempdir())
-            and Path(path).name.startswith("shepherd-tokenizer-"))
-
-
 @dataclass
 class TrainConfig(Signs, Common):
     """Train a policy (sft), a process reward model (prm) or an outcome reward model (orm)."""
@@ -262,7 +256,9 @@ TRAIN_SETTINGS = ("objective", "model", "scratch_size", "task", "data", "labels"
 
 def open_log(path: Path, keep_until: int | None, key: str):
     """A run's log.jsonl, locked against a second writer. On resume it is cut back to the
-    checkpoint's record[key] (the resumed run writes what came after again); fresh, emptied."""
+    checkpoint's record[key] (the resumed run writes what came after again); fresh, emptied.
+    Only a log of records with `key` is cut, and only by a truncate (never rewritten: a kill
+    loses nothing); a line torn by a kill mid-write is dropped, any other line is an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")
     try:
@@ -270,24 +266,35 @@ def open_log(path: Path, keep_until: int | None, key: str):
     except BlockingIOError:
         f.close()
         raise InputError(f"{path}: another process is writing this run") from None
-    f.seek(0)
-    lines = f.read().splitlines(keepends=True) if keep_until is not None else []
-    f.truncate(0)
-    f.write("".join(x for x in lines if json.loads(x)[key] <= keep_until))
-    f.flush()
+    lines = path.read_bytes().split(b"\n")[:-1]  # what follows the last newline is torn
+    keep, cut = 0, keep_until is None  # bytes kept: the records up to keep_until, which come first
+    for n, line in enumerate(lines, 1):
+        try:
+            at = json.loads(line)[key]
+            cut = cut or at > keep_until
+        except (ValueError, TypeError, KeyError):
+            f.close()
+            raise InputError(f"{path}:{n}: expected a log record (JSON with {key!r}): not this "
+                             f"run's log, or a damaged one; move it away or fix the line") from None
+        keep += 0 if cut else len(line) + 1
+    f.truncate(keep)
     return f
 
 
-def train_start(args, out: Path, resume: bool) -> tuple[Transformer, Tokenizer, Path]:
+def train_start(args, out: Path, resume: bool,
+                scratch: Path) -> tuple[Transformer, Tokenizer, Path]:
     """The model to start from, its tokenizer and the tokenizer's folder: the checkpoint being
-    resumed, a checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one."""
+    resumed, a checkpoint (ours, or any Mistral/Llama on the hub), or a fresh tiny one. A
+    tokenizer made here (scratch, or with an added tag) is saved in the folder `scratch`."""
     if resume:
         model, tok = load_model(out, "--out")
         tok_dir = out
     elif args.model == "scratch":
         task = data.get_task(args.task)
-        tok_dir = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))  # same on every rank
-        task.build_tokenizer(tok_dir)
+        if not hasattr(task, "build_tokenizer"):  # real tasks train a checkpoint's tokenizer
+            raise InputError(f"--model is required for task {args.task!r}")
+        tok_dir = scratch
+        task.build_tokenizer(tok_dir)  # the same on every rank
         torch.manual_seed(args.seed)
         tok = Tokenizer(tok_dir)
         model = scratch_model(args.scratch_size, tok, args.max_len, tied=not args.untie)
@@ -302,8 +309,7 @@ def train_start(args, out: Path, resume: bool) -> tuple[Transformer, Tokenizer, 
             and not resume):
         # the tag becomes one new token with a trained embedding row, saved with the checkpoint
         model.init_token_rows([tok.add_token(args.tag)])
-        tok_dir = tok.save(tok_dir if scratch_dir(tok_dir)
-                           else tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
+        tok_dir = tok.save(scratch)
     return model, tok, Path(tok_dir)
 
 
@@ -319,7 +325,8 @@ def batch_indices(step: int, micro: int, n: int, batch_size: int, seed: int, d: 
     of a per-epoch permutation of the n examples, the same on resume and on any number of ranks."""
     start, epoch = (step * batch_size) % n, (step * batch_size) // n
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-    batch = (perm + perm)[start:start + batch_size]  # wrapping around the epoch's end
+    # wrapping around the epoch's end, as often as it takes: a batch may be larger than n
+    batch = [perm[(start + j) % n] for j in range(batch_size)]
     k = micro * d.world + d.rank
     return batch[k * per_rank:(k + 1) * per_rank]
 
@@ -392,7 +399,7 @@ class Trainer:
         res = evaluate_policy(self.model.eval(), self.tok, task,
                               task.load("test")[:a.eval_problems], tag=a.tag)
         print(f"greedy on {res['problems']} test problems: {json.dumps(res)}")
-        atomic_write(out.parent / f"{out.name}.eval.json", json.dumps(res, indent=2) + "\n")
+        atomic_write(beside(out, ".eval.json"), json.dumps(res, indent=2) + "\n")
 
     def save(self, step: int, done: bool = False):
         save_train_checkpoint(self.model, Path(self.args.out), self.tok_dir,
@@ -431,12 +438,26 @@ class Trainer:
         return {"step": step + 1, "loss": total, "lr": lr, "grad_norm": gnorm}
 
 
-def train_state(out: Path, restart: bool) -> str:
-    """What --out holds: 'fresh', 'resume' (a trainer_state.pt) or 'done' (trainer_state.json)."""
+def beside(out: Path, suffix: str) -> Path:
+    """A file train writes next to --out: OUT.log.jsonl, OUT.eval.json."""
+    return out.parent / f"{out.name}{suffix}"
+
+
+def train_state(out: Path, restart: bool, data_file: str | None) -> str:
+    """What --out holds: 'fresh', 'resume' (a trainer_state.pt) or 'done' (trainer_state.json).
+    Refused: a path under a file, a folder not ours, one whose files would replace --data."""
+    above = next(p for p in out.parents if p.exists())
+    if not above.is_dir():
+        raise InputError(f"{out}: {above} is a file; expected a folder path")
     ours = (out / "trainer_state.pt").exists() or (out / "trainer_state.json").exists()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
         raise InputError(f"{out}: --out exists and is not a train output (no trainer_state); "
                          f"choose another --out")
+    src = data_file and Path(data_file).resolve()
+    if src and (src in (beside(out, ".log.jsonl").resolve(), beside(out, ".eval.json").resolve())
+                or out.resolve() in src.parents):
+        raise InputError(f"--data {data_file}: train would overwrite it (the log, evaluation or "
+                         f"checkpoint of --out {out}); choose another --out")
     if restart:
         return "fresh"
     return ("done" if (out / "trainer_state.json").exists() else
@@ -461,24 +482,47 @@ def print_record(rec: dict, write=print):
     write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}))
 
 
-def make_trainer(args: TrainConfig, d: Dist, resume: bool) -> Trainer:
+def data_digest(path: str) -> str:
+    """--data by its content; a file that cannot be read is the error line read_input gives."""
+    try:
+        return file_digest(path)
+    except OSError:
+        read_input(path)  # raises 'PATH: Permission denied; expected a JSONL file' and the like
+        raise
+
+
+def train_settings(args: TrainConfig) -> dict:
+    """What a resume (or a finished run) must match: the settings and --data's content."""
+    return {**{k: getattr(args, k) for k in TRAIN_SETTINGS},
+            "data_digest": args.data and data_digest(args.data)}
+
+
+def finished_settings(out: Path) -> dict | None:
+    """The settings in a finished run's trainer_state.json (None: unreadable or not recorded)."""
+    try:
+        st = json.loads((out / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return st.get("settings") if isinstance(st, dict) else None
+
+
+def make_trainer(args: TrainConfig, d: Dist, resume: bool, scratch: Path) -> Trainer:
     """Everything training needs, validated before the first byte is written: the model (resumed,
     loaded or fresh), its examples, the optimizer (its state when resuming)."""
     out = Path(args.out)
     if args.batch_size % (d.world * args.grad_accum):
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of "
                          f"world size x --grad-accum")
-    settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
-    settings["data_digest"] = args.data and Path(args.data).is_file() and file_digest(args.data)
-    model, tok, tok_dir = train_start(args, out, resume)
-    head = prm_head(tok, args.tag, args.good, args.bad) if args.objective != "sft" else None
+    settings = train_settings(args)
+    model, tok, tok_dir = train_start(args, out, resume, scratch)
+    head = None
+    if args.objective != "sft":
+        try:
+            head = prm_head(tok, args.tag, args.good, args.bad)
+        except InputError as e:  # a scratch tokenizer's temp folder is no path the user gave
+            raise InputError(str(e).removeprefix(f"{scratch / 'tokenizer.json'}: ")) from None
     model = model.to(d.device).float() if d.device == "cpu" else model.to(d.device)
-    try:
-        train, held = train_examples(args, tok, head, model.config.max_position_embeddings)
-    except InputError:  # a bad input leaves nothing behind, a scratch tokenizer included
-        if scratch_dir(tok_dir):
-            shutil.rmtree(tok_dir, ignore_errors=True)
-        raise
+    train, held = train_examples(args, tok, head, model.config.max_position_embeddings)
     opt = adamw(model, args.lr, args.weight_decay)
     start = 0
     if resume:
@@ -496,19 +540,23 @@ def cmd_train(args: TrainConfig) -> int:
     d = init_distributed(args.device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    state = train_state(out, args.restart)
-    if state == "done":
+    state = train_state(out, args.restart, args.data)
+    if state == "done":  # finished for these settings only: others would be another run
+        check_settings(out / "trainer_state.json", finished_settings(out), train_settings(args))
         print(f"{out}: training already finished (trainer_state.json); "
               f"pass --restart to train again")
         return 0
-    T = make_trainer(args, d, state == "resume")
-    if T.start and d.main:
-        print(f"resuming {out} at step {T.start}")
-    # the first byte written: everything above is validation
-    log = (open_log(out.parent / f"{out.name}.log.jsonl", T.start or None, "step")
-           if d.main else None)
-    bar = None
+    made = [p for p in (out, *out.parents) if not p.exists()]  # folders this run may create
+    # a tokenizer this run makes (scratch, or with an added tag) lives here until saved with the
+    # checkpoint; removed however the run ends
+    scratch = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
+    log = bar = None
     try:
+        T = make_trainer(args, d, state == "resume", scratch)
+        if T.start and d.main:
+            print(f"resuming {out} at step {T.start}")
+        # the first byte written: everything above is validation
+        log = open_log(beside(out, ".log.jsonl"), T.start or None, "step") if d.main else None
         if T.start == 0 and T.held:  # where we start from, for comparison
             rec = {"step": 0, **T.evaluate()}
             if log:
@@ -532,17 +580,20 @@ def cmd_train(args: TrainConfig) -> int:
                 T.save(step + 1)
         if d.main:
             T.save(args.steps, done=True)
-    except BaseException:  # no checkpoint, no log: a run that saved nothing leaves nothing
+    except BaseException:  # a run that saved no checkpoint leaves nothing: no log, no new folder
         if bar is not None:
             bar.close()  # the error then starts a line of its own
         if log:
             log.close()
-            if not T.state_file.exists():
+        if not (out / "trainer_state.pt").exists():
+            if log:
                 Path(log.name).unlink(missing_ok=True)
+            for p in made:  # deepest first; only the empty ones
+                with contextlib.suppress(OSError):
+                    p.rmdir()
         raise
     finally:
-        if scratch_dir(T.tok_dir):  # the tokenizer now lives in the checkpoint (or nowhere)
-            shutil.rmtree(T.tok_dir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     barrier(d)
     if d.main:
         print(f"saved {out} ({T.model.num_params():,} parameters, {args.steps} steps, "

@@ -230,3 +230,198 @@ def test_torchrun_trains_data_parallel(tmp_path):
     evals = [x["heldout_loss"] for x in log_of(out) if "heldout_loss" in x]
     assert len(evals) == 2 and evals[1] < evals[0] - 1.5  # one log, written by rank 0 only
     assert Transformer.from_pretrained(out).config.vocab_size == Tokenizer(out).vocab_size
+
+
+# Bad input and interrupted runs (the README's contract): one `error:` line, exit 2, nothing left behind
+
+CF = {"question": "Tom has 3 apples. He buys 4 more apples. How many apples does Tom have now?",
+      "steps": ["3 + 4 = 7", "The answer is: 7"], "gold": "7", "hard": [1, 1], "correct": 1.0}
+PRM = ["train", "--objective", "prm", "--steps", "1", "--batch-size", "1", "--heldout", "0"]
+
+
+def one_record(path):
+    path.write_text(json.dumps(CF) + "\n")
+    return str(path)
+
+
+def error_line(capsys):
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip() and "%|" not in x]  # not a progress bar
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def snapshot(folder):
+    return {str(f): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_batch_larger_than_the_data_wraps_around(tmp_path):
+    """The global batch is a slice of the epoch's permutation that wraps around its end as often as it takes
+    (was: empty micro-batches, then a ValueError traceback)."""
+    d = shepherd.Dist()
+    assert [train.batch_indices(0, m, 1, 4, 0, d, 1) for m in range(4)] == [[0]] * 4
+    assert sorted(sum((train.batch_indices(3, m, 3, 8, 0, d, 2) for m in range(4)), [])) == [0, 0, 0, 1, 1, 1, 2, 2]
+    out = tmp_path / "prm"
+    assert shepherd.main(PRM + ["--data", one_record(tmp_path / "cf.jsonl"), "--batch-size", "4", "--grad-accum", "4",
+                                "--out", str(out)]) == 0
+    assert [r["step"] for r in log_of(out)] == [1] and math.isfinite(log_of(out)[0]["loss"])
+
+
+def interrupted_at_step_2(monkeypatch, args):
+    """A run killed after its step-2 checkpoint (Ctrl-C): resumable at step 2."""
+    real_save = Transformer.save_pretrained
+
+    def save_then_die(self, path, *a, **kw):
+        real_save(self, path, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Transformer, "save_pretrained", save_then_die)
+    assert shepherd.main(args) == 130
+    monkeypatch.setattr(Transformer, "save_pretrained", real_save)
+
+
+def test_a_torn_log_line_is_dropped_and_a_broken_one_refused_untouched(tmp_path, monkeypatch, capsys):
+    """A run killed mid-write leaves a last line without its newline: the resume drops it and keeps the rest. A bad
+    line before it is an error naming file:line, the log left as it was (was: a JSONDecodeError, the log emptied)."""
+    out = tmp_path / "sft"
+    args = ["train", "--num-examples", "32", "--batch-size", "8", "--steps", "4", "--save-every", "2",
+            "--eval-every", "2", "--eval-problems", "0", "--out", str(out)]
+    interrupted_at_step_2(monkeypatch, args)
+    log = tmp_path / "sft.log.jsonl"
+    good = log.read_text()
+    lines = good.splitlines(keepends=True)
+    log.write_text(lines[0] + "{not json\n" + "".join(lines[1:]) + '{"step": 3, "loss": 1.06')
+    broken = log.read_bytes()
+    capsys.readouterr()
+    assert shepherd.main(args) == 2
+    assert error_line(capsys) == (f"error: {log}:2: expected a log record (JSON with 'step'): not this run's log, "
+                                  f"or a damaged one; move it away or fix the line")
+    assert log.read_bytes() == broken
+    log.write_text(good + '{"step": 3, "loss": 1.06')  # torn by the kill
+    assert shepherd.main(args) == 0
+    assert [r["step"] for r in log_of(out)] == [0, 1, 2, 3, 4]
+    assert log.read_text().startswith(good)
+
+
+def test_an_unreadable_data_file_is_named_as_read(tmp_path):
+    """Reading --data (for its digest) without permission: the error label and verify give, not 'cannot write'."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    data_file = Path(one_record(tmp_path / "noperm.jsonl"))
+    data_file.chmod(0)
+    prefix = []
+    if os.geteuid() == 0:  # root reads anything: run without the capabilities that let it
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(prefix + [sys.executable, str(root / "shepherd.py"), *PRM, "--data", str(data_file), "--out",
+                                 str(tmp_path / "out" / "prm")], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and r.stderr == f"error: {data_file}: Permission denied; expected a JSONL file\n", r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_refuses_other_settings(tmp_path, capsys):
+    """A finished --out is 'already finished' only for the command that made it; another objective, --lr, --steps or
+    --data is refused as a resume refuses it (was: exit 0, the settings and the broken --data ignored)."""
+    args = ["train", "--num-examples", "8", "--batch-size", "4", "--steps", "1", "--eval-problems", "0",
+            "--out", str(tmp_path / "m")]
+    assert shepherd.main(args) == 0
+    (tmp_path / "broken.jsonl").write_text('{"question": \n')
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert shepherd.main(["train", "--objective", "prm", "--data", str(tmp_path / "broken.jsonl"), "--lr", "5e-4",
+                          "--steps", "7", "--out", str(tmp_path / "m")]) == 2
+    err = error_line(capsys)
+    assert err.startswith(f"error: {tmp_path / 'm' / 'trainer_state.json'}: made with other settings (--objective "
+                          f"'sft' -> 'prm'; --data None -> '{tmp_path / 'broken.jsonl'}'; "), err
+    assert "--steps 1 -> 7" in err and "--lr 0.001 -> 0.0005" in err and "--restart" in err, err
+    assert shepherd.main(args[:-2] + ["--lr", "5e-4", "--out", str(tmp_path / "m")]) == 2
+    assert "made with other settings (--lr 0.001 -> 0.0005)" in error_line(capsys)
+    assert snapshot(tmp_path) == before
+    assert shepherd.main(args) == 0 and "training already finished" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+
+
+def test_data_at_the_log_path_or_a_foreign_log_is_never_overwritten(tmp_path, capsys):
+    """--data cannot be a file the run writes (its log); a file at OUT.log.jsonl is replaced only if it is a log of
+    records with 'step' (what a run killed before its first checkpoint leaves), else refused untouched."""
+    data_file = one_record(tmp_path / "prm.log.jsonl")
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert shepherd.main(PRM + ["--data", data_file, "--out", str(tmp_path / "prm")]) == 2
+    assert error_line(capsys) == (f"error: --data {data_file}: train would overwrite it (the log, evaluation or "
+                                  f"checkpoint of --out {tmp_path / 'prm'}); choose another --out")
+    assert snapshot(tmp_path) == before
+    (tmp_path / "notes.log.jsonl").write_text('{"step": 1}\nmy notes\n')
+    before = snapshot(tmp_path)
+    assert shepherd.main(PRM + ["--data", data_file, "--out", str(tmp_path / "notes")]) == 2
+    assert error_line(capsys).startswith(f"error: {tmp_path / 'notes.log.jsonl'}:2: expected a log record (JSON with "
+                                         f"'step'): not this run's log")
+    assert snapshot(tmp_path) == before
+    (tmp_path / "killed.log.jsonl").write_text('{"step": 0, "heldout_loss": 5.3}\n{"step": 1, "lo')  # ours, killed
+    assert shepherd.main(PRM + ["--data", data_file, "--out", str(tmp_path / "killed")]) == 0
+    assert [r["step"] for r in log_of(tmp_path / "killed")] == [1]
+
+
+@pytest.mark.parametrize("how", ["nan", "ctrl-c"])
+def test_a_failed_run_leaves_no_new_folder(tmp_path, capsys, monkeypatch, how):
+    """No checkpoint written: the log and the folders this run made go (a folder that was there stays)."""
+    real = train.objective_loss
+
+    def fail(*a, **kw):  # as --lr 1e30 does, or Ctrl-C, mid-step
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        loss, p, t = real(*a, **kw)
+        return loss * float("nan"), p, t
+
+    monkeypatch.setattr(train, "objective_loss", fail)
+    data_file = one_record(tmp_path / "cf.jsonl")
+    (tmp_path / "kept").mkdir()
+    capsys.readouterr()
+    rc = shepherd.main(PRM + ["--data", data_file, "--out", str(tmp_path / "kept" / "a" / "b" / "prm")])
+    if how == "nan":
+        assert rc == 2 and "loss is nan at step 0" in error_line(capsys)
+    else:
+        assert rc == 130 and capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted; ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cf.jsonl", "kept"]
+
+
+def test_scratch_tokenizer_is_removed_on_every_error(tmp_path, capsys, monkeypatch):
+    """--model scratch builds its tokenizer in a temp folder: gone after any error, and never named in one."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    data_file = one_record(tmp_path / "cf.jsonl")
+    capsys.readouterr()
+    assert shepherd.main(PRM + ["--data", data_file, "--good", "+", "--bad", "+", "--out", str(tmp_path / "a")]) == 2
+    assert error_line(capsys) == "error: --tag/--good/--bad: '+' and '+': expected two different tokens; both are 31"
+    assert not any((tmp_path / "tmp").iterdir())
+
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "scratch_model", interrupt)  # not an InputError
+    assert shepherd.main(PRM + ["--data", data_file, "--out", str(tmp_path / "b")]) == 130
+    assert not any((tmp_path / "tmp").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cf.jsonl", "tmp"]
+
+
+@pytest.mark.parametrize("under", ["afile", "afile/sub"])
+def test_out_under_a_regular_file_is_one_line(tmp_path, capsys, under):
+    (tmp_path / "afile").write_text("mine\n")
+    out = tmp_path / under / "prm"
+    assert shepherd.main(PRM + ["--data", one_record(tmp_path / "cf.jsonl"), "--out", str(out)]) == 2
+    assert error_line(capsys) == f"error: {out}: {tmp_path / 'afile'} is a file; expected a folder path"
+    assert (tmp_path / "afile").read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile", "cf.jsonl"]
+
+
+def test_a_task_without_a_scratch_tokenizer_needs_a_model(tmp_path, capsys):
+    """gsm8k trains a checkpoint's tokenizer: without --model it is label's error line (was an AttributeError)."""
+    assert shepherd.main(["train", "--task", "gsm8k", "--steps", "1", "--eval-problems", "0",
+                          "--out", str(tmp_path / "m")]) == 2
+    assert error_line(capsys) == "error: --model is required for task 'gsm8k'"
+    assert not any(tmp_path.iterdir())
