@@ -107,12 +107,18 @@ class Labeler:
         return sols
 
     def check_fits(self, sol: Solution, prompt=None, resp=None):
-        """A solution whose prompt + steps leave no room in the completer's context is bad input."""
+        """A solution whose prompt + steps leave no room in the completer's context is bad input,
+        as is one whose text holds the tag inside a step (its labels would land on other steps)."""
+        where = sol.problem.meta.get("where", sol.id)
         if prompt is None:
             prompt, resp = solution_tokens(self.tok, sol, self.head)
+            tags = len(tag_positions(resp, self.head.tag))
+            if tags != len(sol.steps):
+                raise InputError(f"{where}: field 'steps': {len(sol.steps)} steps but {tags} step "
+                                 f"tags {self.head.text!r} once tokenised; expected the tag in no "
+                                 f"step's text (or another --tag)")
         ctx = self.comp.model.config.max_position_embeddings
         if len(prompt) + len(resp) >= ctx:
-            where = sol.problem.meta.get("where", sol.id)
             raise InputError(f"{where}: fields 'question' + steps: {len(prompt) + len(resp)} "
                              f"tokens do not fit the completer's context ({ctx})")
 
@@ -191,7 +197,7 @@ def read_solutions(path: str, task, skip_bad: bool,
             known.update({p.question.strip(): p for p in task.load(split)})
         except Exception:  # a task whose data is not available here: only explicit gold fields then
             pass
-    units = []
+    units, lines = [], {}
     for n, r in records:
         problem = known.get(r.question.strip())
         if problem is None and r.gold is None:
@@ -203,6 +209,13 @@ def read_solutions(path: str, task, skip_bad: bool,
         meta = problem.meta if problem is not None else {}
         pid = r.id or (f"{problem.id}@{Path(path).stem}-{n}" if problem is not None
                        else f"{Path(path).stem}-{n}")
+        if pid in lines:  # ids name the units a resume skips, and seed the rollouts
+            if not skip_bad:
+                raise InputError(f"{path}:{n}: field 'id': {pid!r} is also line {lines[pid]}'s; "
+                                 f"expected unique ids")
+            stats["skipped"] += 1
+            continue
+        lines[pid] = n
         gold = r.gold if r.gold is not None else problem.answer
         problem = data.Problem(pid, r.question.strip(), gold, {**meta, "where": f"{path}:{n}"})
         units.append((problem, [Solution(problem, 0, r.steps)]))
@@ -414,8 +427,13 @@ def label_units(args, task, labeler) -> list[tuple]:
 
 def check_label_out(args, out: Path, world: int):
     """--out is not the input, and under torchrun it is a label output or nothing yet."""
-    if args.solutions and Path(args.solutions).resolve() == out.resolve():
-        raise InputError(f"{out}: --out is the --solutions input; choose another --out")
+    if args.solutions:
+        written = [out, out.with_suffix(".quality.json"),
+                   *(out.with_suffix(f".{f}.jsonl") for f in args.format if f != "records")]
+        for path in written:
+            if Path(args.solutions).resolve() == path.resolve():
+                what = ("--out is" if path == out else "an export of --out would overwrite")
+                raise InputError(f"{path}: {what} the --solutions input; choose another --out")
     if world > 1 and (out.is_dir() or (
             out.exists() and not (out.parent / f".{out.name}.progress").exists())):
         raise InputError(f"{out}: --out exists and is not a label output; "
@@ -438,8 +456,9 @@ def write_merged(out: Path, groups: list, settings: dict, world: int):
     by_unit = {}
     for r in range(world):
         part = out.parent / f".{out.name}.rank{r}-of-{world}"
-        for line in part.read_text().splitlines(keepends=True):
-            by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
+        with open(part, encoding="utf-8") as f:  # not splitlines: U+2028 may sit in a record
+            for line in f:
+                by_unit.setdefault(json.loads(line)["problem_id"], []).append(line)
     text, ends = "", []
     for group in groups:
         text += "".join(line for p, _ in group for line in by_unit.get(p.id, []))
@@ -486,7 +505,7 @@ def label_models(args: LabelConfig, task, device) -> tuple:
 def label_report(args: LabelConfig, out: Path, stats: dict, seconds: tuple[float, float]):
     """After labeling: the exports, worked examples, label quality (where the truth is known)
     and the counts. seconds: (labeling, in all)."""
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = [r for _, r in data.read_jsonl(out)]
     for fmt in args.format:
         if fmt != "records":
             atomic_write(out.with_suffix(f".{fmt}.jsonl"),

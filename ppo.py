@@ -18,7 +18,6 @@ grid: padding is a False in `mask`, never a test on a token id.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -39,8 +38,8 @@ import shepherd
 from label import LabelConfig, cmd_label
 from model import DTYPES, PRMHead, Tokenizer, Transformer, step_logits, swap_in, tag_positions
 from sampler import Sampler
-from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, InputError, barrier,
-                      flag, init_distributed, seed_for)
+from shepherd import (COUNT, FINITE, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, InputError,
+                      barrier, flag, init_distributed, seed_for)
 from train import TrainConfig, adamw, cmd_train, evaluate_policy, lr_at, open_log
 
 ROOT = Path(__file__).resolve().parent
@@ -72,7 +71,7 @@ class Config(Common):
     reward_center: float = flag(0.5, "subtracted from every reward-model score (see "
                                 "score_rewards)", type=FRACTION)
     no_answer_penalty: float = flag(-1.0, "added at the last token of a response that ends "
-                                    "without a final answer")
+                                    "without a final answer", type=FINITE)
     epochs: int = flag(4, "PPO epochs over each batch of rollouts", type=POSITIVE)
     minibatch_size: int = flag(64, "rows per optimizer step (global): few, large steps; rewards "
                                "are noisy", type=POSITIVE)
@@ -115,7 +114,7 @@ class Config(Common):
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(prog="ppo.py", description=__doc__,
+    p = shepherd.Parser(prog="ppo.py", description=__doc__,
                                 formatter_class=shepherd.HelpFormatter)
     shepherd.add_flags(p, Config)
     cfg = Config(**vars(p.parse_args(argv)))
@@ -779,6 +778,8 @@ def check_inputs(cfg: Config):
         raise InputError(f"--reward truth needs a task that knows each step's truth (synthetic); "
                          f"{cfg.task} does not")
     policy_dir = cfg.policy or getattr(task, "POLICY_DIR", "")
+    if not policy_dir:
+        raise InputError(f"--policy is required for task {cfg.task!r}")
     if not Path(policy_dir, "config.json").exists() and cfg.task == "synthetic" and not cfg.policy:
         raise InputError(f"{policy_dir}: the tiny policy is missing; build it with: "
                          f"{task.POLICY_COMMAND}")
@@ -928,6 +929,7 @@ def run(argv=None) -> int:
     M, start = setup(cfg, d)
     task = M.task
     resume = start > 0
+    made = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train = task.load("train")
@@ -942,35 +944,44 @@ def run(argv=None) -> int:
     if d.main:
         print(("resuming at iteration %d" % start) if resume else json.dumps(asdict(cfg)),
               flush=True)
-    if not resume and cfg.eval_problems:
-        acc = greedy_accuracy(cfg, M, sampler, val, d)
-        if d.main:
-            print(f"iteration 0: held-out greedy accuracy {acc:.3f} "
-                  f"({len(val)} {heldout} problems)", flush=True)
-            log.write(json.dumps({"iteration": 0, "eval/greedy_accuracy": acc}) + "\n")
-    bar = shepherd.progress(range(start, cfg.iterations), d, desc=f"ppo {cfg.reward}",
-                            initial=start, total=cfg.iterations, quiet=cfg.quiet)
-    for it in bar:
-        timer = Timer()
-        try:
-            rows = gather_rows(rollout(cfg, it, my_prompts(cfg, it, train, order, d), M, sampler,
-                                       timer), d)
-            with timer("update"):
-                g = build_batch(cfg, rows, M)
-                stats = update(cfg, it, g, M, d)
-        except NonFinite as e:
-            last = (f"the last good checkpoint is {out / 'checkpoint'} "
-                    "(only ever replaced by a finite one)"
-                    if (out / "checkpoint").exists() else "no checkpoint was written yet")
-            raise SystemExit(f"stopping: {e}; {last}") from None
-        stats = {"iteration": it + 1, **summarize(rows, g), **stats,
-                 **{f"time/{k}": v for k, v in timer.items()}}
-        if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
-            stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, val, d)
-        if d.main:
-            report(stats, log, bar)
-        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
-            save_checkpoint(cfg, it + 1, M, d)
+    try:
+        if not resume and cfg.eval_problems:
+            acc = greedy_accuracy(cfg, M, sampler, val, d)
+            if d.main:
+                print(f"iteration 0: held-out greedy accuracy {acc:.3f} "
+                      f"({len(val)} {heldout} problems)", flush=True)
+                log.write(json.dumps({"iteration": 0, "eval/greedy_accuracy": acc}) + "\n")
+        bar = shepherd.progress(range(start, cfg.iterations), d, desc=f"ppo {cfg.reward}",
+                                initial=start, total=cfg.iterations, quiet=cfg.quiet)
+        for it in bar:
+            timer = Timer()
+            try:
+                mine = my_prompts(cfg, it, train, order, d)
+                rows = gather_rows(rollout(cfg, it, mine, M, sampler, timer), d)
+                with timer("update"):
+                    g = build_batch(cfg, rows, M)
+                    stats = update(cfg, it, g, M, d)
+            except NonFinite as e:
+                last = (f"the last good checkpoint is {out / 'checkpoint'} "
+                        "(only ever replaced by a finite one)"
+                        if (out / "checkpoint").exists() else "no checkpoint was written yet")
+                raise SystemExit(f"stopping: {e}; {last}") from None
+            stats = {"iteration": it + 1, **summarize(rows, g), **stats,
+                     **{f"time/{k}": v for k, v in timer.items()}}
+            if cfg.eval_problems and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
+                stats["eval/greedy_accuracy"] = greedy_accuracy(cfg, M, sampler, val, d)
+            if d.main:
+                report(stats, log, bar)
+            if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
+                save_checkpoint(cfg, it + 1, M, d)
+    except BaseException:  # nothing saved yet: leave nothing (the log, the folders made)
+        if d.main and not (out / "checkpoint").exists():
+            log.close()
+            Path(log.name).unlink(missing_ok=True)
+            for p in made:  # deepest first; only empty ones
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+        raise
     test_accuracy(cfg, M, sampler, d)
     if d.main:
         log.close()

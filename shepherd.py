@@ -137,16 +137,18 @@ def in_range(kind, lo, hi=math.inf, lo_open=False):
     def parse(text):
         x = kind(text)
         if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
-            raise argparse.ArgumentTypeError(f"expected {'>' if lo_open else '>='} {lo}"
-                                             + (f" and <= {hi}" if hi < math.inf else "")
-                                             + f", not {text}")
+            raise argparse.ArgumentTypeError(
+                ("expected a finite number" if lo == -math.inf else
+                 f"expected {'>' if lo_open else '>='} {lo}"
+                 + (f" and <= {hi}" if hi < math.inf else "")) + f", not {text}")
         return x
     parse.__name__ = kind.__name__  # argparse names the type in its message
     return parse
 
 
 POSITIVE, COUNT, RATE = in_range(int, 1), in_range(int, 0), in_range(float, 0, lo_open=True)
-FRACTION, NONNEG = in_range(float, 0, 1), in_range(float, 0)
+FRACTION, NONNEG, FINITE = in_range(float, 0, 1), in_range(float, 0), in_range(float, -math.inf)
+SEED = in_range(int, 0, 2**32 - 1)  # what numpy takes, and room for torch's 64 bits after mixing
 
 
 def flag(default=None, help: str = "", **argparse_settings):
@@ -156,6 +158,13 @@ def flag(default=None, help: str = "", **argparse_settings):
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help: descriptions as written, every flag's default shown."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: a usage error is one `error:` line and exit 2, as any bad input."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def add_flags(parser: argparse.ArgumentParser, config: type):
@@ -174,7 +183,7 @@ def add_flags(parser: argparse.ArgumentParser, config: type):
 class Common:  # every command's flags
     tag: str = flag(data.STEP_TAG, "step tag, as written after a space; one token or several "
                     "(then read at its last token)")
-    seed: int = flag(0, "every seed derives from this (and a record's id)")
+    seed: int = flag(0, "every seed derives from this (and a record's id)", type=SEED)
     device: str | None = flag(None, "cpu, cuda or cuda:N (None: cuda if available)",
                               type=device_arg)
 
@@ -273,7 +282,7 @@ def commands() -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shepherd.py", description=__doc__,
+    p = Parser(prog="shepherd.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, (config, _) in commands().items():
@@ -284,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-               errno.ENOTDIR, errno.EISDIR}
+               errno.ENOTDIR, errno.EISDIR, errno.EEXIST}  # EEXIST: a file where a folder goes
 
 
 def run_cli(command, argv, on_interrupt: str) -> int:
@@ -301,7 +310,10 @@ def run_cli(command, argv, on_interrupt: str) -> int:
     except OSError as e:  # the disk is full, read-only or not ours: the user's to fix, not a bug
         if e.errno not in DISK_ERRORS:
             raise
-        print(f"error: {e.filename}: cannot write ({e.strerror})", file=sys.stderr)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+        # the others can come from a read too (an unreadable input file): no verb guessed
+        print(f"error: {e.filename}: " + (f"cannot write ({e.strerror})" if full else e.strerror),
+              file=sys.stderr)
         return 2
 
 

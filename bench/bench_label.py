@@ -40,7 +40,8 @@ import data  # noqa: E402
 import label  # noqa: E402
 from bench_sampler import paired_times, table  # noqa: E402
 from model import PRMHead, Tokenizer, Transformer, tag_positions  # noqa: E402
-from shepherd import NONNEG, POSITIVE, device_arg  # noqa: E402
+from data.formats import InputError  # noqa: E402
+from shepherd import NONNEG, POSITIVE, Parser, device_arg, run_cli  # noqa: E402
 
 
 def labeler_args(args) -> SimpleNamespace:
@@ -55,11 +56,17 @@ def write_solutions(args, task, policy, tok, tag, path):
     """K problems' solutions sampled by the policy
     (seeds from the problem ids: the same file on every run)."""
     lab = label.Labeler(labeler_args(args), task, policy, policy, tok, tag)
+    rollouts = 0
     with open(path, "w") as f:
         for p in task.load("train", args.problems):
             for sol in lab.sample_solutions([p])[p.id]:
                 f.write(json.dumps({"question": p.question, "steps": sol.steps,
                                     "gold": p.answer}) + "\n")
+                rollouts += len(sol.steps) - 1
+    if not rollouts:  # nothing to time
+        raise InputError(f"the policy wrote no step to roll out from (--max-new-tokens "
+                         f"{args.max_new_tokens}, --temperature {args.temperature}); expected "
+                         f"settings under which it writes whole solutions")
 
 
 def read_units(path, task) -> list[list[label.Solution]]:
@@ -181,7 +188,7 @@ def hf_per_problem_side(args, task, hf, tok, tag, units):
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", type=POSITIVE, default=8, help="K synthetic (train) problems")
     ap.add_argument("--solutions-per-problem", type=POSITIVE, default=4)
     ap.add_argument("--num-completions", type=POSITIVE, default=8, help="N per step (the paper: 8)")
@@ -274,4 +281,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main() or 0, None, "a benchmark writes nothing"))

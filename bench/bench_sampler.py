@@ -10,7 +10,6 @@ transformers. On CPU, the sampler with its decode step through torch.compile get
 own (a measurement, not an option of sampler.py; the compiling is timed apart). A benchmark, not a
 test: it asserts nothing.
 """
-import argparse
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from model import ModelConfig, Transformer  # noqa: E402
 from sampler import Sampler  # noqa: E402
-from shepherd import POSITIVE  # noqa: E402
+from shepherd import POSITIVE, Parser  # noqa: E402
 
 MISTRAL_7B = ROOT.parent / "shared" / "data" / "mistral-7b-v0.1" / "config.json"
 # name: (hidden, intermediate, layers, heads, kv heads, vocab); Mistral-shaped, random weights
@@ -312,7 +311,7 @@ def gpu_section(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=POSITIVE, default=1,
                     help="CPU threads (1: stable numbers on a shared machine)")
     ap.add_argument("--new", type=POSITIVE, default=128, help="new tokens per row")

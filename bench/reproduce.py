@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 from data import synthetic  # noqa: E402
-from shepherd import POSITIVE, InputError, atomic_write, load_model, same_tokenizer  # noqa: E402
+from shepherd import (POSITIVE, SEED, InputError, Parser, atomic_write, load_model,  # noqa: E402
+                      same_tokenizer)
 
 
 @dataclass
@@ -152,7 +154,8 @@ def write_label_parts(d: Path, z: Sizes):
     for a fraction above 1, whose first label_problems problems are Table 1's, labeled again with
     the same seeds)."""
     def lines_of(folder):
-        lines = (d / folder / "labels.jsonl").read_text().splitlines(keepends=True)
+        with open(d / folder / "labels.jsonl", encoding="utf-8") as f:  # not splitlines: U+2028
+            lines = list(f)
         return lines, list(dict.fromkeys(json.loads(x)["problem_id"] for x in lines))
     for frac in z.capacity:
         lines, problems = lines_of("label_more" if frac > 1 else "label")
@@ -455,10 +458,10 @@ def figures(out: Path, seeds: list[int], z: Sizes, policy: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="bench/reproduce.py", description=__doc__,
+    p = Parser(prog="bench/reproduce.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for every stage's output and report.md")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
     p.add_argument("--quick", action="store_true",
                    help="small sizes, the same code path (a few minutes)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
@@ -488,8 +491,8 @@ def sizes_of(args) -> Sizes:
                    else types[key](value))
         except ValueError:
             raise InputError(f"--set {item}: expected a {types[key].__name__}") from None
-        if not all(v > 0 for v in (val if isinstance(val, tuple) else [val])):
-            what = "numbers" if types[key] is tuple else "a number"
+        if not all(math.isfinite(v) and v > 0 for v in (val if isinstance(val, tuple) else [val])):
+            what = "finite numbers" if types[key] is tuple else "a finite number"
             raise InputError(f"--set {item}: expected {what} above 0")
         z = replace(z, **{key: val})
     if z.ppo_batch % z.ppo_minibatch:  # ppo.py would refuse it, an hour into the run
@@ -508,8 +511,14 @@ def main(argv=None) -> int:
                                  ("--completer", args.completer, "the completer")):
             if path:
                 same_tokenizer(tok, load_model(path, flag, check_only=True)[1], what)
-        if Path(args.out).exists() and not Path(args.out).is_dir():
+        out = Path(args.out).absolute()
+        if out.exists() and not out.is_dir():
             raise InputError(f"{args.out}: --out exists and is not a folder")
+        above = next(p for p in (out, *out.parents) if p.exists())  # where mkdir starts
+        if not above.is_dir() or not os.access(above, os.W_OK):
+            raise InputError(f"{args.out}: {above} is " + ("a file" if not above.is_dir() else
+                                                            "not writable") + "; expected a folder "
+                             "this user can write")
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

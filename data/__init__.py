@@ -101,10 +101,18 @@ def read_jsonl(path, fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
-            try:
+            try:  # ValueError: also an integer of over 4,300 digits
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:
+                why = e.msg if isinstance(e, json.JSONDecodeError) else (
+                    "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0])
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({why})") from None
+            if "\\ud" in line.lower():  # an escaped lone surrogate is valid JSON, not text
+                try:
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{path}:{lineno}: a string holds an unpaired surrogate "
+                                     f"(\\ud800-\\udfff); expected Unicode text") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, "
                                  f"got {type(row).__name__}")

@@ -109,6 +109,9 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
                 pos += len(part)
                 ys.append(1.0 if label[pos] == "+" else 0.0)
                 pos += 1
+            if label[pos:].rstrip() != text.split(data.STEP_TAG)[-1].rstrip():  # the rest, too
+                raise InputError(f"{where}: field 'label' is not field 'input' with each tag "
+                                 f"replaced by + or -: they differ after the last tag")
             ys = ys[question.count(data.STEP_TAG):]  # real questions can contain ки: no steps
             if len(ys) != len(steps):
                 raise InputError(f"{where}: field 'input': {len(steps)} steps but {len(ys)} tags "
@@ -128,11 +131,14 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
     else:
         raise InputError(f"{where}: expected fields input [+ label] (Math-Shepherd), prompt + "
                          f"completions [+ labels] (stepwise) or question + steps (label records)")
-    gold = rec.get("gold", rec.get("answer"))
+    key = "gold" if "gold" in rec else "answer"
+    gold = rec.get(key)
     if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
-        raise InputError(f"{where}: field 'gold': expected the final answer as a string or number, "
-                         f"got {_kind(gold)}")
+        raise InputError(f"{where}: field {key!r}: expected the final answer as a string or "
+                         f"number, got {_kind(gold)}")
     rid = rec.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        raise InputError(f"{where}: field 'id': expected a string or an integer, got {_kind(rid)}")
     return Record(question, steps, text, ys,
                   float(outcome) if outcome is not None else ys[-1] if ys else None,
                   None if gold is None else str(gold), None if rid is None else str(rid))

@@ -115,6 +115,16 @@ CASES = [
     ("stepwise-prompt-missing", '{"completions": ["1 + 1 = 2"], "gold": "2"}\n', LABEL, "{in}:1: field 'prompt': expected a string, got nothing"),
     ("too-long", rec(question="Tom has 3 apples. " * 80), LABEL, "{in}:1: fields 'question' + steps: 498 tokens do not fit"),
     ("out-is-input", rec(), ["label", "--solutions", "{in}", "--out", "{in}"], "--out is the --solutions input"),
+    ("steps-hold-tag", rec(steps=["3 + 4 = 7 ки 7 - 0 = 7", "The answer is: 7"]), LABEL,
+     "{in}:1: field 'steps': 2 steps but 3 step tags 'ки' once tokenised"),
+    ("tag-in-text", rec(), LABEL + ["--tag", "+"], "{in}:1: field 'steps': 2 steps but 3 step tags '+'"),
+    ("nested-too-deep", '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}", LABEL, "{in}:1: malformed JSON (nested too deeply)"),
+    ("integer-too-long", rec(gold=...)[:-1] + ', "gold": ' + "9" * 5000 + "}", LABEL, "{in}:1: malformed JSON (Exceeds the limit"),
+    ("lone-surrogate", rec(question="Tom has 3 apples.\ud800"), LABEL, "{in}:1: a string holds an unpaired surrogate"),
+    ("id-twice", rec(id="x") + "\n" + rec(id="x", question="Ann has 5 pens. How many pens does Ann have now?",
+                                          steps=["The answer is: 5"], gold="5", hard=..., soft=...), LABEL, "{in}:2: field 'id': 'x' is also line 1's"),
+    ("id-list", rec(id=["a"]), LABEL, "{in}:1: field 'id': expected a string or an integer, got list"),
+    ("answer-list", rec(gold=..., answer=["7"]), LABEL, "{in}:1: field 'answer': expected the final answer"),
     # train --data: labels out of range or of the wrong type or count, Math-Shepherd labels that do not match
     ("labels-above-one", rec(hard=[1, 2]), TRAIN, "{in}:1: field 'hard': expected a list of labels in [0, 1]"),
     ("labels-negative", rec(hard=[1, -1]), TRAIN, "{in}:1: field 'hard': expected a list of labels in [0, 1]"),
@@ -128,6 +138,8 @@ CASES = [
     ("correct-string", rec(correct="yes"), TRAIN, "{in}:1: field 'correct': expected true or false"),
     ("ms-label-mismatch", '{"input": "Q Step 1: 1 + 1 = 2 ки", "label": "Q Step 1: 1 + 1 = 3 +"}\n', TRAIN,
      "{in}:1: field 'label' is not field 'input' with step 1's tag replaced by + or -"),
+    ("ms-label-longer", '{"input": "Q Step 1: 1 + 1 = 2 ки", "label": "Q Step 1: 1 + 1 = 2 + ки -"}\n', TRAIN,
+     "{in}:1: field 'label' is not field 'input' with each tag replaced by + or -: they differ after the last tag"),
     ("train-empty", "", TRAIN, "{in}: no records"),
     ("train-batch-split", rec(), TRAIN + ["--batch-size", "5", "--grad-accum", "2"],
      "--batch-size 5 must be a multiple of world size x --grad-accum"),
@@ -249,11 +261,34 @@ def test_a_cuda_device_on_a_cpu_build_is_a_usage_error(tmp_path, capsys, argv):
 @pytest.mark.parametrize("flag,value,want", [("--lr", "nan", "expected > 0, not nan"), ("--gamma", "2", "expected >= 0 and <= 1"),
                                              ("--iterations", "0", "expected >= 1, not 0"),
                                              ("--kl-coef", "-1", "expected >= 0, not -1"),
+                                             ("--no-answer-penalty", "nan", "expected a finite number, not nan"),
                                              ("--dtype", "fp8", "--dtype is auto, float32 or bfloat16")])
 def test_ppo_argument_ranges(capsys, flag, value, want):
     with pytest.raises(SystemExit) as e:
         ppo.parse_args([flag, value])
     assert e.value.code == 2 and want in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main,argv,want", [
+    (shepherd.main, ["label", "--limit", "0"], "error: argument --limit: expected >= 1, not 0 (see shepherd.py label --help)"),
+    (shepherd.main, ["train", "--seed", "-1"], "error: argument --seed: expected >= 0 and <= 4294967295, not -1"),
+    (shepherd.main, ["nope"], "error: argument command: invalid choice: 'nope'"),
+    (ppo.main, ["--seed", "1" + "0" * 23], "error: argument --seed: expected >= 0"),
+    (ppo.main, ["--dtype", "fp8"], "error: --dtype is auto, float32 or bfloat16, not 'fp8' (see ppo.py --help)")])
+def test_a_usage_error_is_one_line(capsys, main, argv, want):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines() == [err.strip()] and err.startswith(want), err
+
+
+def test_label_never_overwrites_its_input_with_an_export(tmp_path, capsys):
+    src = tmp_path / "mine.math-shepherd.jsonl"
+    src.write_text(rec() + "\n")
+    rc = shepherd.main(["label", "--solutions", str(src), "--format", "math-shepherd", "--out", str(tmp_path / "mine.jsonl")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: {src}: an export of --out would overwrite the --solutions input; choose another --out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name] and src.read_text() == rec() + "\n"
 
 
 def limited(nbytes):

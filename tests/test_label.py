@@ -298,7 +298,7 @@ def test_argument_ranges_are_checked_before_anything_runs(tmp_path, capsys, argv
     with pytest.raises(SystemExit) as e:
         shepherd.main(argv + ["--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err[-1].endswith(f"error: argument {flag}: {want}"), err
+    assert e.value.code == 2 and err == [f"error: argument {flag}: {want} (see shepherd.py {argv[0]} --help)"], err
     assert not any(tmp_path.iterdir())
 
 
@@ -322,3 +322,19 @@ def test_label_reads_prm800k_rows(tmp_path):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["gold"], x["answer"], x["correct"], x["hard"][-1]) for x in recs] == [
         (p.answer, p.answer, True, 1), (p.answer, "-12345", False, 0)]
+
+
+def test_a_line_separator_inside_a_record_stays_inside_it(tmp_path, capsys):
+    """U+2028 is a line break to str.splitlines, not to JSON Lines: records written with it unescaped are read back
+    whole (the report, the exports)."""
+    q = "Tom has 3 apples.\u2028He buys 4 more apples. How many apples does Tom have now?"
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"question": q, "steps": ["3 + 4 = 7", "The answer is: 7"], "gold": "7"},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "l.jsonl"
+    assert shepherd.main(["label", "--solutions", str(src), "--num-completions", "2", "--format", "stepwise",
+                          "--out", str(out)]) == 0
+    assert "\u2028" in out.read_text(encoding="utf-8")  # written as is, not escaped
+    assert [r["question"] for _, r in data.read_jsonl(out)] == [q]
+    assert [r["prompt"] for _, r in data.read_jsonl(out.with_suffix(".stepwise.jsonl"))] == [q]
+    assert "(1 records)" in capsys.readouterr().out

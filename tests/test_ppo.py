@@ -307,6 +307,11 @@ def test_temperature_zero_is_refused():
         ppo.parse_args(["--temperature", "0"])
 
 
+def test_a_task_without_a_policy_needs_one(capsys):
+    assert ppo.main(["--task", "gsm8k", "--quiet"]) == 2
+    assert capsys.readouterr().err == "error: --policy is required for task 'gsm8k'\n"
+
+
 def test_oracle_reward_refuses_a_task_without_step_truth(capsys):
     assert ppo.main(["--task", "gsm8k", "--reward", "truth", "--quiet"]) == 2
     assert capsys.readouterr().err == "error: --reward truth needs a task that knows each step's truth (synthetic); gsm8k does not\n"
@@ -498,7 +503,8 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path, m
     calls.clear()
     calls.append(1)  # NaN in the very first iteration: there is no good checkpoint to point to
     with pytest.raises(SystemExit, match="non-finite rewards.*; no checkpoint was written yet$"):
-        ppo.main(args(world, tmp_path / "run0", "--iterations", "3", "--save-every", "1"))
+        ppo.main(args(world, tmp_path / "run0" / "deep", "--iterations", "3", "--save-every", "1"))
+    assert not (tmp_path / "run0").exists()  # nothing saved: no log, no folder left behind
 
 
 def test_under_autocast_the_reference_computes_exactly_as_the_policy(world, tmp_path, monkeypatch):

@@ -68,11 +68,16 @@ def test_bad_sizes_are_refused(tmp_path, capsys):
     assert "unknown field 'label_problem'" in capsys.readouterr().err
     assert reproduce.main(["--out", str(tmp_path), "--set", "rm_steps=many"]) == 2
     assert "expected a int" in capsys.readouterr().err
-    for bad, want in (("solutions=0", "expected a number above 0"), ("capacity=0.5,-1", "expected numbers above 0"),
+    for bad, want in (("solutions=0", "expected a finite number above 0"), ("capacity=0.5,-1", "expected finite numbers above 0"),
+                      ("rm_lr=inf", "expected a finite number above 0"), ("capacity=inf", "expected finite numbers above 0"),
                       ("ppo_batch=48", "ppo_batch 48 must be a multiple of ppo_minibatch 32")):
         assert reproduce.main(["--out", str(tmp_path), "--set", bad]) == 2
         assert want in capsys.readouterr().err, bad
     assert not any(tmp_path.iterdir())
+    (tmp_path / "a-file").write_text("notes\n")
+    assert reproduce.main(["--out", str(tmp_path / "a-file" / "r")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'a-file' / 'r'}: {tmp_path / 'a-file'} is a file; expected a folder this user can write\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def test_completer_reaches_every_label_stage_and_only_them(tmp_path, capsys):
