@@ -312,8 +312,9 @@ def run_cli(command, argv, on_interrupt: str) -> int:
             raise
         full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
         # the others can come from a read too (an unreadable input file): no verb guessed
-        print(f"error: {e.filename}: " + (f"cannot write ({e.strerror})" if full else e.strerror),
-              file=sys.stderr)
+        why = ("exists and is not a folder; expected one (or a new path)" if e.errno == errno.EEXIST
+               else f"cannot write ({e.strerror})" if full else e.strerror)
+        print(f"error: {e.filename}: {why}", file=sys.stderr)
         return 2
 
 

@@ -115,6 +115,8 @@ CASES = [
     ("stepwise-prompt-missing", '{"completions": ["1 + 1 = 2"], "gold": "2"}\n', LABEL, "{in}:1: field 'prompt': expected a string, got nothing"),
     ("too-long", rec(question="Tom has 3 apples. " * 80), LABEL, "{in}:1: fields 'question' + steps: 498 tokens do not fit"),
     ("out-is-input", rec(), ["label", "--solutions", "{in}", "--out", "{in}"], "--out is the --solutions input"),
+    ("out-under-a-file", rec(), ["label", "--solutions", "{in}", "--out", "{in}/labels.jsonl"],
+     "error: {in}: exists and is not a folder; expected one (or a new path)"),
     ("steps-hold-tag", rec(steps=["3 + 4 = 7 ки 7 - 0 = 7", "The answer is: 7"]), LABEL,
      "{in}:1: field 'steps': 2 steps but 3 step tags 'ки' once tokenised"),
     ("tag-in-text", rec(), LABEL + ["--tag", "+"], "{in}:1: field 'steps': 2 steps but 3 step tags '+'"),
