@@ -21,8 +21,8 @@ import data
 from data.formats import InputError, export, parse_solution, read_input
 from model import DTYPES, PRMHead, Tokenizer, tag_positions
 from shepherd import (COUNT, NONNEG, POSITIVE, Common, Dist, atomic_write, barrier, check_settings,
-                      file_digest, flag, in_range, init_distributed, load_model, prm_head, progress,
-                      same_tokenizer, seed_for, task_problems)
+                      file_digest, first_new_folder, flag, in_range, init_distributed, load_model,
+                      prm_head, progress, same_tokenizer, seed_for, task_problems)
 
 
 def hard_label(correct: list[bool]) -> int:
@@ -234,7 +234,7 @@ class Progress:
             raise InputError(f"{path}: --out exists and is not a label output; "
                              f"remove it or choose another --out")
         # the first folder this run creates: removed along with the files
-        self.made = next((p for p in reversed(path.parents) if not p.exists()), None)
+        self.made = first_new_folder(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.side.exists()
         self.fside = open(self.side, "a+")

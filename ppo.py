@@ -929,7 +929,7 @@ def run(argv=None) -> int:
     M, start = setup(cfg, d)
     task = M.task
     resume = start > 0
-    made = [p for p in (out, *out.parents) if not p.exists()]
+    made = shepherd.first_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     heldout = "val" if "val" in task.SPLITS else "test"  # GSM8K and MATH have no val split
     train = task.load("train")
@@ -978,9 +978,8 @@ def run(argv=None) -> int:
         if d.main and not (out / "checkpoint").exists():
             log.close()
             Path(log.name).unlink(missing_ok=True)
-            for p in made:  # deepest first; only empty ones
-                with contextlib.suppress(OSError):
-                    p.rmdir()
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
         raise
     test_accuracy(cfg, M, sampler, d)
     if d.main:

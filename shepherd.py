@@ -45,6 +45,13 @@ def atomic_write(path: str | Path, data: bytes | str):
         tmp.unlink(missing_ok=True)  # a full disk leaves no .tmp file behind
 
 
+def first_new_folder(path: str | Path) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet: what a run that
+    fails before it has saved anything removes, to leave the disk as it found it."""
+    path = Path(path)
+    return next((p for p in (*reversed(path.parents), path) if not p.exists()), None)
+
+
 def load_model(path, what: str, dtype=torch.float32, device="cpu",
                check_only=False) -> tuple[Transformer, Tokenizer]:
     """A checkpoint and its tokenizer, checked before use: anything a user can get wrong (no such

@@ -26,8 +26,8 @@ import data
 from data.formats import InputError, StepExample, read_input, read_step_examples, text_field
 from model import ModelConfig, PRMHead, Tokenizer, Transformer, step_logits, tag_positions
 from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, Signs, atomic_write,
-                      auc, barrier, check_settings, file_digest, flag, init_distributed, load_model,
-                      load_trainer_state, prm_head, progress, seed_for)
+                      auc, barrier, check_settings, file_digest, first_new_folder, flag,
+                      init_distributed, load_model, load_trainer_state, prm_head, progress, seed_for)
 
 
 @dataclass
@@ -546,7 +546,7 @@ def cmd_train(args: TrainConfig) -> int:
         print(f"{out}: training already finished (trainer_state.json); "
               f"pass --restart to train again")
         return 0
-    made = [p for p in (out, *out.parents) if not p.exists()]  # folders this run may create
+    made = first_new_folder(out)
     # a tokenizer this run makes (scratch, or with an added tag) lives here until saved with the
     # checkpoint; removed however the run ends
     scratch = Path(tempfile.mkdtemp(prefix="shepherd-tokenizer-"))
@@ -588,9 +588,8 @@ def cmd_train(args: TrainConfig) -> int:
         if not (out / "trainer_state.pt").exists():
             if log:
                 Path(log.name).unlink(missing_ok=True)
-            for p in made:  # deepest first; only the empty ones
-                with contextlib.suppress(OSError):
-                    p.rmdir()
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -25,8 +25,8 @@ import torch
 import data
 from data.formats import InputError, read_input, steps_field, text_field
 from model import DTYPES, PRMHead, Tokenizer, Transformer, tag_positions
-from shepherd import (NONNEG, POSITIVE, Common, Signs, atomic_write, auc, flag, load_model,
-                      prm_head, progress, seed_for, task_problems)
+from shepherd import (NONNEG, POSITIVE, Common, Signs, atomic_write, auc, first_new_folder, flag,
+                      load_model, prm_head, progress, seed_for, task_problems)
 
 
 def aggregate(step_scores: list[float], how: str) -> float:
@@ -291,7 +291,7 @@ def read_own_json(path: Path, fields: tuple[str, ...]) -> dict | None:
 def removed_on_error(out: Path):
     """A run that fails once it writes (a user's mistake only scoring finds, such as NaN
     weights; a full disk) leaves no folder behind that it made."""
-    made = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+    made = first_new_folder(out)
     try:
         yield
     except (InputError, OSError):
