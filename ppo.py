@@ -115,7 +115,7 @@ class Config(Common):
 
 def parse_args(argv=None) -> Config:
     p = shepherd.Parser(prog="ppo.py", description=__doc__,
-                                formatter_class=shepherd.HelpFormatter)
+                        formatter_class=shepherd.HelpFormatter)
     shepherd.add_flags(p, Config)
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.dtype not in ("auto", *DTYPES):

@@ -290,7 +290,7 @@ def commands() -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="shepherd.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, (config, _) in commands().items():
         add_flags(sub.add_parser(name, help=config.__doc__.splitlines()[0],

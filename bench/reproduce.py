@@ -459,7 +459,7 @@ def figures(out: Path, seeds: list[int], z: Sizes, policy: str):
 
 def parse_args(argv=None):
     p = Parser(prog="bench/reproduce.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for every stage's output and report.md")
     p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
     p.add_argument("--quick", action="store_true",
