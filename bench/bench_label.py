@@ -187,7 +187,7 @@ def hf_per_problem_side(args, task, hf, tok, tag, units):
     return run
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", type=POSITIVE, default=8, help="K synthetic (train) problems")
     ap.add_argument("--solutions-per-problem", type=POSITIVE, default=4)
@@ -204,11 +204,11 @@ def parse_args() -> argparse.Namespace:
                     help="CPU threads (1: stable numbers on a shared machine)")
     ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--quick", action="store_true",
-                    help="2 problems x 2 solutions, N 4, one repeat: a smoke run")
-    args = ap.parse_args()
-    if args.quick:
-        args.problems, args.solutions_per_problem, args.num_completions, args.repeats = 2, 2, 4, 1
-    return args
+                    help="a smoke run: 2 problems x 2 solutions, N 4, one repeat, unless those "
+                         "flags are given")
+    if ap.parse_known_args(argv)[0].quick:  # new defaults: a flag the user gives still wins
+        ap.set_defaults(problems=2, solutions_per_problem=2, num_completions=4, repeats=1)
+    return ap.parse_args(argv)
 
 
 def main():

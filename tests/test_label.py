@@ -338,3 +338,13 @@ def test_a_line_separator_inside_a_record_stays_inside_it(tmp_path, capsys):
     assert [r["question"] for _, r in data.read_jsonl(out)] == [q]
     assert [r["prompt"] for _, r in data.read_jsonl(out.with_suffix(".stepwise.jsonl"))] == [q]
     assert "(1 records)" in capsys.readouterr().out
+
+
+def test_bench_label_quick_sets_defaults_that_flags_override():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_label
+    q = bench_label.parse_args(["--quick"])
+    assert (q.problems, q.solutions_per_problem, q.num_completions, q.repeats) == (2, 2, 4, 1)
+    q = bench_label.parse_args(["--quick", "--problems", "5", "--repeats", "3"])
+    assert (q.problems, q.solutions_per_problem, q.num_completions, q.repeats) == (5, 2, 4, 3)
+    assert bench_label.parse_args([]).problems == 8
