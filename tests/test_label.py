@@ -340,8 +340,8 @@ def test_a_line_separator_inside_a_record_stays_inside_it(tmp_path, capsys):
     assert "(1 records)" in capsys.readouterr().out
 
 
-def test_bench_label_quick_sets_defaults_that_flags_override():
-    sys.path.insert(0, str(ROOT / "bench"))
+def test_bench_label_quick_sets_defaults_that_flags_override(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import bench_label
     q = bench_label.parse_args(["--quick"])
     assert (q.problems, q.solutions_per_problem, q.num_completions, q.repeats) == (2, 2, 4, 1)
