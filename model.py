@@ -658,12 +658,14 @@ class PRMHead:
 
 
 def step_logits(model: Transformer, input_ids: torch.Tensor, head: PRMHead,
-                **forward_kw) -> torch.Tensor:
-    """(B, S) -> (B, S, 2): the LM-head logits of [good, bad] at every position, in fp32.
-    Only those two LM-head rows are multiplied. The PRM loss and step_scores both read this."""
+                with_hidden: bool = False, **forward_kw):
+    """(B, S) -> (B, S, 2): the LM-head logits of [good, bad] at every position, in fp32 (and the
+    final hidden states, with_hidden). Only those two LM-head rows are multiplied. The PRM loss and
+    step_scores both read this."""
     hidden = model(input_ids, return_hidden=True, **forward_kw)  # model may be a DDP/FSDP wrapper
     w = getattr(model, "module", model).lm_head.weight[[head.good_id, head.bad_id]]
-    return (hidden @ w.T).float()
+    logits = (hidden @ w.T).float()
+    return (logits, hidden) if with_hidden else logits
 
 
 def step_scores(model: Transformer, input_ids: torch.Tensor, head: PRMHead) -> list[list[float]]:

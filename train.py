@@ -34,7 +34,8 @@ from shepherd import (COUNT, FRACTION, NONNEG, POSITIVE, RATE, Common, Dist, Sig
 class Example:
     ids: list[int]
     targets: list[float]  # sft: unused; prm/orm: one label per supervised tag
-    loss_from: int = 0  # sft: the first position whose NEXT token is a response token
+    loss_from: int = 0  # the first position whose NEXT token is a response token (prm/orm: for
+    #                     --lm-coef, past the end if the solution is wrong)
     tag_mask: list[bool] | None = None  # prm/orm: which tag positions are supervised
 
 
@@ -50,15 +51,19 @@ def encode_steps(tok: Tokenizer, head: PRMHead, ex: StepExample, objective: str,
                  where: str = "") -> Example:
     ids = tok.encode(data.to_model_tag(ex.text, head.text))
     tags = tag_positions(ids, head.tag)  # where step_scores will read them
+    # --lm-coef's next-token loss: on the solution's tokens, if it reached the answer (as the
+    # generator was trained); loss_from as in encode_sft, past the end for a wrong one
+    p = tok.encode(data.to_model_tag(ex.text[:ex.prompt_len], head.text))
+    loss_from = len(ids) if ex.outcome != 1 else len(p) - 1 if ids[:len(p)] == p else 0
     if len(tags) != len(ex.labels):
         raise InputError(f"{where or ex.id}: {len(ex.labels)} labels but {len(tags)} step tags "
                          f"after tokenization")
     if objective == "orm":  # Math-Shepherd Eq. 1: ORM, one BCE per solution, read at its last tag
         mask = [i == tags[-1] for i in range(len(ids))]
-        return Example(ids, [ex.outcome], tag_mask=mask)
+        return Example(ids, [ex.outcome], loss_from, mask)
     at = set(tags)
     mask = [i in at for i in range(len(ids))]  # Eq. 2: PRM, a BCE term for every step
-    return Example(ids, list(ex.labels), tag_mask=mask)
+    return Example(ids, list(ex.labels), loss_from, mask)
 
 
 def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dict:
@@ -76,6 +81,7 @@ def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dic
     positions = torch.zeros(len(rows), S, dtype=torch.long)
     segments = torch.full((len(rows), S), -1, dtype=torch.long)  # -1: padding
     loss_mask = torch.zeros(len(rows), S, dtype=torch.bool)  # apart from labels: -100 is never True
+    lm_mask = torch.zeros(len(rows), S, dtype=torch.bool)  # prm/orm --lm-coef: solution, unsupervised
     targets = []
     for b, row in enumerate(rows):
         at = 0
@@ -88,17 +94,20 @@ def collate(batch: list[Example], pad_id: int, device, pack_len: int = 0) -> dic
                 loss_mask[b, at + e.loss_from:at + n - 1] = True
             else:
                 loss_mask[b, at:at + n] = torch.tensor(e.tag_mask)
+                lm_mask[b, at + e.loss_from:at + n - 1] = ~loss_mask[b, at + e.loss_from:at + n - 1]
                 targets += e.targets
             at += n
-    out = {"ids": ids.to(device), "mask": loss_mask.to(device),
+    out = {"ids": ids.to(device), "mask": loss_mask.to(device), "lm_mask": lm_mask.to(device),
            "targets": torch.tensor(targets, dtype=torch.float32, device=device)}
     if pack_len:
         out["forward"] = {"positions": positions.to(device), "segments": segments.to(device)}
     return out
 
 
-def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
-    """Mean loss over supervised positions, plus step probabilities and targets for evaluation."""
+def objective_loss(model, batch: dict, objective: str, head: PRMHead | None, lm_coef: float = 0.0):
+    """Mean loss over supervised positions, plus step probabilities and targets for evaluation.
+    lm_coef > 0 (prm/orm) adds that times the next-token loss on the right solutions' tokens, except
+    where the reward loss reads: the verifier keeps the generator's objective (Cobbe et al. 2021)."""
     ids, mask = batch["ids"], batch["mask"]
     kw = batch.get("forward", {})  # packed rows: positions and sequence ids
     if objective == "sft":  # next-token cross-entropy on the response tokens
@@ -108,9 +117,14 @@ def objective_loss(model, batch: dict, objective: str, head: PRMHead | None):
         return loss, None, None
     # PRM/ORM: r = p(+) = softmax([l+, l-])[0] = sigmoid(l+ - l-) at the tag, the SAME step_logits
     # used to score. Math-Shepherd Eq. 2: L_PRM = -sum_i [y_i log r_i + (1 - y_i) log(1 - r_i)]
-    logits = step_logits(model, ids, head, **kw)[mask]
-    margin = logits[:, 0] - logits[:, 1]
+    logits, hidden = step_logits(model, ids, head, with_hidden=True, **kw)
+    margin = logits[mask][:, 0] - logits[mask][:, 1]
     loss = F.binary_cross_entropy_with_logits(margin, batch["targets"])
+    if lm_coef:
+        lm = batch["lm_mask"][:, :-1]  # may be empty: a batch of wrong solutions adds nothing
+        w = getattr(model, "module", model).lm_head.weight  # as step_logits reads it
+        nll = F.cross_entropy((hidden[:, :-1][lm] @ w.T).float(), ids[:, 1:][lm], reduction="sum")
+        loss = loss + lm_coef * nll / lm.sum().clamp(min=1)
     return loss, margin.sigmoid().detach(), batch["targets"]
 
 
@@ -157,6 +171,9 @@ def scratch_model(size: str, tok: Tokenizer, max_len: int, tied: bool = True) ->
 def load_training_examples(args, tok: Tokenizer, head: PRMHead | None) -> list[tuple[str, Example]]:
     """(id, example) pairs for the objective, from --data or from the task's own SFT records."""
     if args.objective == "sft":
+        if args.lm_coef:
+            raise InputError(f"--lm-coef {args.lm_coef}: only for --objective prm or orm "
+                             f"(sft is the next-token loss already)")
         if args.data:
             rows = [(f"{args.data}:{n}",
                      {k: text_field(r, k, f"{args.data}:{n}") for k in ("prompt", "response")})
@@ -238,6 +255,10 @@ class TrainConfig(Signs, Common):
     eval_every: int = flag(200, type=POSITIVE)
     save_every: int = flag(500, type=POSITIVE)
     max_len: int = flag(256, "context length of a scratch model", type=POSITIVE)
+    lm_coef: float = flag(0.0, "prm/orm: add this x the next-token loss on the solutions that "
+                          "reach the answer (Cobbe et al. 2021's joint objective; held-out loss "
+                          "stays the BCE)",
+                          type=NONNEG)
     untie: bool = flag(False, "an LM head of its own, not tied to the input embeddings (PRM "
                        "training then moves the +/- output rows without moving the + and - "
                        "operators' embeddings)")
@@ -251,7 +272,7 @@ class TrainConfig(Signs, Common):
 # what a training run depends on: resuming with one changed would be a run of neither setting
 TRAIN_SETTINGS = ("objective", "model", "scratch_size", "task", "data", "labels", "num_examples",
                   "steps", "batch_size", "lr", "min_lr_ratio", "warmup", "weight_decay", "clip",
-                  "heldout", "max_len", "untie", "tag", "add_tag_token", "good", "bad", "seed")
+                  "heldout", "max_len", "lm_coef", "untie", "tag", "add_tag_token", "good", "bad", "seed")
 
 
 def open_log(path: Path, keep_until: int | None, key: str):
@@ -424,7 +445,7 @@ class Trainer:
                 mine = batch_indices(step, micro, len(self.train), a.batch_size, a.seed, d,
                                      per_rank)
                 batch = collate([self.train[i] for i in mine], self.tok.pad_id, d.device, pack)
-                loss, _, _ = objective_loss(self.ddp, batch, a.objective, self.head)
+                loss, _, _ = objective_loss(self.ddp, batch, a.objective, self.head, a.lm_coef)
             (loss / a.grad_accum).backward()
             total += loss.item() / a.grad_accum
         if not math.isfinite(total):
@@ -493,8 +514,11 @@ def data_digest(path: str) -> str:
 
 def train_settings(args: TrainConfig) -> dict:
     """What a resume (or a finished run) must match: the settings and --data's content."""
-    return {**{k: getattr(args, k) for k in TRAIN_SETTINGS},
-            "data_digest": args.data and data_digest(args.data)}
+    s = {**{k: getattr(args, k) for k in TRAIN_SETTINGS},
+         "data_digest": args.data and data_digest(args.data)}
+    if not args.lm_coef:  # absent when off: runs finished before the flag existed still match
+        del s["lm_coef"]
+    return s
 
 
 def finished_settings(out: Path) -> dict | None:

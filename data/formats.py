@@ -35,6 +35,7 @@ class StepExample:
     labels: list[float]  # per step, in [0, 1] (hard labels are 0/1)
     outcome: float  # the final answer's correctness (ORM target)
     id: str = ""
+    prompt_len: int = 0  # text[:prompt_len] is the prompt, the rest the solution
 
 
 def _normalise_tags(text: str) -> str:
@@ -84,6 +85,7 @@ class Record:
     outcome: float | None  # the final answer's correctness (the ORM's target)
     gold: str | None
     id: str | None
+    prompt_len: int = 0  # text[:prompt_len] is the prompt
 
 
 def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
@@ -117,17 +119,20 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
                 raise InputError(f"{where}: field 'input': {len(steps)} steps but {len(ys)} tags "
                                  f"after the question")
         text, outcome = question + _normalise_tags(text[len(question):]), None  # question verbatim
+        prompt = question
     elif "prompt" in rec or "completions" in rec:
         question, steps = text_field(rec, "prompt", where), steps_field(rec, "completions", where)
         ys = _labels(rec, "labels", where, len(steps)) if "labels" in rec else None
-        text, outcome = data.format_prompt(question) + data.join_steps(steps), None
+        prompt = data.format_prompt(question)
+        text, outcome = prompt + data.join_steps(steps), None
     elif "question" in rec or "steps" in rec:
         question, steps = text_field(rec, "question", where), steps_field(rec, "steps", where)
         ys = _labels(rec, labels, where, len(steps)) if labels in rec else None
         outcome = rec.get("correct")
         if outcome is not None and outcome not in (0, 1):  # True, False, 0, 1
             raise InputError(f"{where}: field 'correct': expected true or false, got {outcome!r}")
-        text = data.format_prompt(question) + data.join_steps(steps)
+        prompt = data.format_prompt(question)
+        text = prompt + data.join_steps(steps)
     else:
         raise InputError(f"{where}: expected fields input [+ label] (Math-Shepherd), prompt + "
                          f"completions [+ labels] (stepwise) or question + steps (label records)")
@@ -141,7 +146,8 @@ def parse_solution(rec: dict, where: str, labels: str = "hard") -> Record:
         raise InputError(f"{where}: field 'id': expected a string or an integer, got {_kind(rid)}")
     return Record(question, steps, text, ys,
                   float(outcome) if outcome is not None else ys[-1] if ys else None,
-                  None if gold is None else str(gold), None if rid is None else str(rid))
+                  None if gold is None else str(gold), None if rid is None else str(rid),
+                  len(prompt))
 
 
 def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExample]:
@@ -153,7 +159,7 @@ def read_step_examples(path: str | Path, labels: str = "hard") -> list[StepExamp
         if r.labels is None:
             raise InputError(f"{where}: no step labels "
                              f"(expected field 'label', 'labels' or {labels!r})")
-        out.append(StepExample(r.text, r.labels, r.outcome, r.id or ""))
+        out.append(StepExample(r.text, r.labels, r.outcome, r.id or "", r.prompt_len))
     return out
 
 

@@ -183,6 +183,8 @@ CASES = [
      "{dir}: Is a directory; expected a JSONL file"),
     ("train-heldout-all", None, ["train", "--heldout", "1.0", "--num-examples", "64", "--steps", "2", "--out", "{out}/t"],
      "--heldout 1.0: leaves none of the 64 examples to train on"),
+    ("train-lm-coef-sft", None, ["train", "--lm-coef", "1", "--num-examples", "64", "--steps", "2", "--out", "{out}/t"],
+     "--lm-coef 1.0: only for --objective prm or orm"),
     # ppo.py: the same contract
     ("ppo-policy-missing", None, ["ppo", "--policy", "{dir}/nowhere", "--out", "{out}/p"], "--policy: {dir}/nowhere: not a checkpoint"),
     ("ppo-reward-model-no-tokenizer", None, ["ppo", "--reward-model", "{ck:no-tokenizer}", "--out", "{out}/p"],

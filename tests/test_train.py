@@ -110,6 +110,40 @@ def test_prm_loss_reads_the_positions_inference_scores(tok_dir):
     assert [int(orm["mask"][b].nonzero()) for b in range(2)] == last_tags
 
 
+def test_lm_coef_adds_the_next_token_loss_of_right_solutions_only(tok_dir, tmp_path):
+    """--lm-coef: BCE + c x the mean next-token loss over the solution tokens (not the prompt's,
+    not where the reward loss reads) of the solutions whose answer is right, by hand from the logits."""
+    model, tok, head = _tiny(tok_dir)
+    q1, q2 = "Tom has 3 apples. How many?", "Ann has 2 boxes. How many?"
+    recs = [{"question": q1, "steps": ["3 + 4 = 7", "The answer is: 7"], "hard": [1, 1], "correct": True},
+            {"question": q2, "steps": ["2 * 5 = 10", "The answer is: 11"], "hard": [1, 0], "correct": False},
+            {"input": q1 + " Step 1: 3 + 4 = 7 ки\nStep 2: The answer is: 7 ки",  # Math-Shepherd: prompt = question
+             "label": q1 + " Step 1: 3 + 4 = 7 +\nStep 2: The answer is: 7 +"}]
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    exs = data.formats.read_step_examples(tmp_path / "l.jsonl")
+    assert [e.text[:e.prompt_len] for e in exs] == [data.format_prompt(q1), data.format_prompt(q2), q1]
+    for objective in ("prm", "orm"):
+        enc = [train.encode_steps(tok, head, e, objective) for e in exs]
+        batch = train.collate(enc, tok.pad_id, "cpu")
+        with torch.no_grad():
+            bce, _, _ = train.objective_loss(model, batch, objective, head)
+            both, _, _ = train.objective_loss(model, batch, objective, head, lm_coef=0.5)
+            logp = model(batch["ids"]).log_softmax(-1)
+        nll = []
+        for b, (e, ex) in enumerate(zip(enc, exs)):
+            if ex.outcome != 1:  # a wrong solution: the verifier must not learn to write it
+                continue
+            start = len(tok.encode(data.to_model_tag(ex.text[:ex.prompt_len], head.text)))
+            read = set(tag_positions(e.ids, head.tag)[-1 if objective == "orm" else 0:])
+            nll += [-logp[b, t, e.ids[t + 1]] for t in range(start - 1, len(e.ids) - 1) if t not in read]
+        # the right solutions' 16 and 25 response tokens, less the PRM's tags before the last
+        assert len(nll) == {"prm": 15 + 24, "orm": 16 + 25}[objective]
+        assert (both - bce).item() == pytest.approx(0.5 * torch.stack(nll).mean().item(), rel=1e-5)
+    wrong = train.collate([enc[1]], tok.pad_id, "cpu")  # only a wrong solution: no LM term, not NaN
+    with torch.no_grad():
+        assert train.objective_loss(model, wrong, "orm", head, 0.5)[0] == train.objective_loss(model, wrong, "orm", head)[0]
+
+
 def test_step_label_count_mismatch_is_a_clear_error(tok_dir):
     _, tok, head = _tiny(tok_dir)
     ex = StepExample("Q\n1 + 1 = 2 ки", [1.0, 0.0], 0.0, id="rec-7")
