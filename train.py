@@ -118,7 +118,8 @@ def objective_loss(model, batch: dict, objective: str, head: PRMHead | None, lm_
     # PRM/ORM: r = p(+) = softmax([l+, l-])[0] = sigmoid(l+ - l-) at the tag, the SAME step_logits
     # used to score. Math-Shepherd Eq. 2: L_PRM = -sum_i [y_i log r_i + (1 - y_i) log(1 - r_i)]
     logits, hidden = step_logits(model, ids, head, with_hidden=True, **kw)
-    margin = logits[mask][:, 0] - logits[mask][:, 1]
+    read = logits[mask]  # the supervised tags
+    margin = read[:, 0] - read[:, 1]
     loss = F.binary_cross_entropy_with_logits(margin, batch["targets"])
     if lm_coef:
         lm = batch["lm_mask"][:, :-1]  # may be empty: a batch of wrong solutions adds nothing
