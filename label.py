@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import data
-from data.formats import InputError, export, parse_solution, read_input
+from data.formats import FINISHED, InputError, export, label_sidecar, parse_solution, read_input
 from model import DTYPES, PRMHead, Tokenizer, tag_positions
 from shepherd import (COUNT, NONNEG, POSITIVE, Common, Dist, atomic_write, barrier, check_settings,
                       file_digest, first_new_folder, flag, in_range, init_distributed, load_model,
@@ -229,7 +229,7 @@ class Progress:
     by SIGKILL) is cut away and redone. The sidecar is also a lock against a second writer."""
 
     def __init__(self, path: Path, settings: dict, restart: bool = False):
-        self.path, self.side = path, path.parent / f".{path.name}.progress"
+        self.path, self.side = path, label_sidecar(path)
         if path.is_dir() or (path.exists() and not self.side.exists()):
             raise InputError(f"{path}: --out exists and is not a label output; "
                              f"remove it or choose another --out")
@@ -295,12 +295,20 @@ class Progress:
             raise OSError(e.errno, e.strerror, str(self.path)) from None
         self.done[unit] = self.f.tell()
 
-    def close(self, remove: bool = False):
-        """remove: nothing was finished (the run failed before its first unit), so keep nothing."""
+    def close(self, remove: bool = False, finished: bool = False):
+        """remove: nothing was finished (the run failed before its first unit), so keep nothing.
+        finished: every unit is written, and readers may take the output (data.formats)."""
         try:
             self.f.close()
         except OSError:  # the disk filled during the last unit: it is torn, and cut away on resume
             pass
+        if finished:  # a resume reads the units before this line and drops it
+            try:
+                self.fside.write(FINISHED + "\n")
+                self.fside.flush()
+            except OSError as e:
+                self.fside.close()
+                raise OSError(e.errno, e.strerror, str(self.side)) from None
         if remove:
             self.path.unlink(missing_ok=True)
             self.side.unlink(missing_ok=True)
@@ -435,7 +443,7 @@ def check_label_out(args, out: Path, world: int):
                 what = ("--out is" if path == out else "an export of --out would overwrite")
                 raise InputError(f"{path}: {what} the --solutions input; choose another --out")
     if world > 1 and (out.is_dir() or (
-            out.exists() and not (out.parent / f".{out.name}.progress").exists())):
+            out.exists() and not label_sidecar(out).exists())):
         raise InputError(f"{out}: --out exists and is not a label output; "
                          f"remove it or choose another --out")
 
@@ -464,12 +472,12 @@ def write_merged(out: Path, groups: list, settings: dict, world: int):
         text += "".join(line for p, _ in group for line in by_unit.get(p.id, []))
         ends.append(json.dumps({"unit": group[0][0].id, "end": len(text.encode())}) + "\n")
     atomic_write(out, text)
-    atomic_write(out.parent / f".{out.name}.progress",
-                 json.dumps({"settings": settings}) + "\n" + "".join(ends))
+    atomic_write(label_sidecar(out),
+                 json.dumps({"settings": settings}) + "\n" + "".join(ends) + FINISHED + "\n")
     for r in range(world):
         part = out.parent / f".{out.name}.rank{r}-of-{world}"
         part.unlink()
-        (part.parent / f".{part.name}.progress").unlink()
+        label_sidecar(part).unlink()
 
 
 def print_quality(report: dict):
@@ -565,7 +573,7 @@ def cmd_label(args: LabelConfig) -> int:
         prog.close(remove=not prog.done)  # finished units are kept for the resume
         raise
     bar.close()
-    prog.close()
+    prog.close(finished=True)
     work_s = time.time() - t_work
     stats = labeler.stats
     if d.world > 1:  # rank 0 merges the shards in the single-process order

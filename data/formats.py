@@ -2,6 +2,7 @@
 records. Readers check every field; a user's mistake is an InputError naming file:line: field."""
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 from dataclasses import dataclass
@@ -14,9 +15,41 @@ class InputError(Exception):
     """Bad input from the user: printed as one line (file, line, field) and exit code 2."""
 
 
+# `label` writes its output record by record and keeps beside it a sidecar: its settings, the units
+# finished so far (for the resume), a lock while it runs, and this line once it has finished.
+FINISHED = '{"finished": true}'
+
+
+def label_sidecar(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.progress"
+
+
+def check_finished(path: str | Path):
+    """A label output whose run has not finished is refused: read, it would silently be a part of
+    the labels (a run still writing, or one interrupted and never resumed)."""
+    side = label_sidecar(path)
+    try:
+        f = open(side, "rb")
+    except OSError:
+        return  # not a label output, or one whose sidecar was removed: taken as it is
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{path}: a label run is still writing it (its lock: {side}); "
+                             f"wait for it to finish") from None
+        lines = f.read().decode(errors="replace").splitlines()
+    if not lines or lines[-1] != FINISHED:
+        raise InputError(f"{path}: the label run writing it stopped after {max(0, len(lines) - 1)} "
+                         f"units; rerun the same label command to finish it, or remove {side} "
+                         f"to use the records written so far")
+
+
 def read_input(path: str | Path) -> list[tuple[int, dict]]:
-    """A user's JSONL file as data.read_jsonl reads it;
-    bad JSON or an empty file is an InputError."""
+    """A user's JSONL file as data.read_jsonl reads it; bad JSON, an empty file or a label
+    output whose run has not finished is an InputError."""
+    check_finished(path)
     try:
         rows = data.read_jsonl(path)
     except OSError as e:  # no such file, a folder, no permission

@@ -1,4 +1,5 @@
 """shepherd.py label: hard/soft estimation, forking, resume after SIGKILL, torchrun shards, formats, bad input."""
+import fcntl
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import data
 import label
 import shepherd
 from data import synthetic
-from data.formats import export, read_step_examples
+from data.formats import FINISHED, InputError, export, read_input, read_step_examples
 from model import Tokenizer, Transformer, tag_positions
 from sampler import Completion, Sampler
 
@@ -127,6 +128,8 @@ def test_sigkill_and_resume_give_the_same_bytes(tmp_path):
     proc.wait()
     done = side.read_text().count("\n") - 1
     assert 1 <= done < 4, "the run was not killed in the middle"  # --group 1: a unit is one problem
+    with pytest.raises(InputError, match=f"stopped after {done} units"):  # train would get a part
+        read_input(cut)
     with open(cut, "ab") as f:  # and a torn half line, as a crash in mid-write would leave
         f.write(b'{"id": "syn-train-0')
     r = run_label(cut, "--limit", "4")
@@ -134,6 +137,29 @@ def test_sigkill_and_resume_give_the_same_bytes(tmp_path):
     assert f"{done} of 4 units of 1 already labeled" in r.stdout
     assert cut.read_bytes() == whole.read_bytes()
     assert len(whole.read_text().splitlines()) >= 4
+    assert side.read_text().splitlines()[-1] == FINISHED and len(read_input(cut)) >= 4
+
+
+def test_an_unfinished_label_output_is_refused(tmp_path, capsys):
+    labels, side = tmp_path / "labels.jsonl", tmp_path / ".labels.jsonl.progress"
+    labels.write_text(json.dumps({"question": "Tom has 3 apples. He buys 4 more. How many apples now?",
+                                  "steps": ["3 + 4 = 7", "The answer is: 7"], "gold": "7", "hard": [1, 1],
+                                  "soft": [1.0, 1.0], "correct": True}) + "\n")
+    side.write_text('{"settings": {}}\n{"unit": "p", "end": %d}\n' % labels.stat().st_size)
+    out = tmp_path / "prm"
+    rc = shepherd.main(["train", "--objective", "prm", "--data", str(labels), "--out", str(out), "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {labels}: the label run writing it stopped after 1 units; rerun the same "
+                               f"label command to finish it, or remove {side} to use the records written so far"]
+    assert not out.exists()
+    with open(side, "a") as f:  # a run holds the lock while it writes
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="a label run is still writing it"):
+            read_input(labels)
+        f.write(FINISHED + "\n")
+    assert len(read_input(labels)) == 1
+    side.unlink()  # without a sidecar a file is taken as it is
+    assert len(read_input(labels)) == 1
 
 
 @needs_policy
@@ -148,6 +174,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert two.read_bytes() == one.read_bytes()
     assert (tmp_path / ".two.jsonl.progress").read_bytes() == (tmp_path / ".one.jsonl.progress").read_bytes()
+    assert (tmp_path / ".two.jsonl.progress").read_text().splitlines()[-1] == FINISHED
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["one.jsonl", "two.jsonl", ".one.jsonl.progress",
                                                                  ".two.jsonl.progress", "one.quality.json",
                                                                  "two.quality.json"])
