@@ -41,9 +41,10 @@ def check_finished(path: str | Path):
                              f"wait for it to finish") from None
         lines = f.read().decode(errors="replace").splitlines()
     if not lines or lines[-1] != FINISHED:
-        raise InputError(f"{path}: the label run writing it stopped after {max(0, len(lines) - 1)} "
-                         f"units; rerun the same label command to finish it, or remove {side} "
-                         f"to use the records written so far")
+        n = max(0, len(lines) - 1)
+        raise InputError(f"{path}: the label run writing it stopped after {n} unit{'s' * (n != 1)}; "
+                         f"rerun the same label command to finish it, or remove {side} to use the "
+                         f"records written so far")
 
 
 def read_input(path: str | Path) -> list[tuple[int, dict]]:
