@@ -42,27 +42,35 @@ def aggregate(step_scores: list[float], how: str) -> float:
     raise ValueError(f"unknown aggregation {how!r}")
 
 
-def majority_vote(answers: list) -> object:
-    """Self-consistency: the most frequent answer (None never votes); ties go to the first seen."""
+def top(keys: list, value) -> list:
+    """Every key with the highest value, in order: an argmax with its ties. Best-of-N credits a tie
+    by its expectation (each tied choice equally likely): copies of a text get one score, so exact
+    ties are common, and a coin flip per tie would add noise to every curve."""
+    best = max((value(k) for k in keys), default=None)
+    return [k for k in keys if value(k) == best]
+
+
+def majority_vote(answers: list) -> list:
+    """Self-consistency: the most frequent answer, or the answers tied for it (None never votes)."""
     counts = {}
     for a in answers:
         if a is not None:
             counts[a] = counts.get(a, 0) + 1
-    return max(counts, key=lambda a: counts[a]) if counts else None  # max keeps the first of equals
+    return top(list(counts), counts.get) or [None]
 
 
-def best_of_n(answers: list, scores: list[float]) -> object:
-    """The answer of the highest-scoring solution; ties go to the first."""
-    return answers[max(range(len(answers)), key=lambda i: scores[i])] if answers else None
+def best_of_n(answers: list, scores: list[float]) -> list:
+    """The answer of the highest-scoring solution; of tied solutions, every one's answer."""
+    return [answers[i] for i in top(range(len(answers)), lambda i: scores[i])] or [None]
 
 
-def weighted_vote(answers: list, scores: list[float]) -> object:
+def weighted_vote(answers: list, scores: list[float]) -> list:
     """Self-consistency + reward model: argmax over answers a of sum_i 1[a_i = a] * RM(p, S_i)."""
     total = {}
     for a, s in zip(answers, scores):
         if a is not None:
             total[a] = total.get(a, 0.0) + s
-    return max(total, key=lambda a: total[a]) if total else None
+    return top(list(total), total.get) or [None]
 
 
 def rm_text(question: str, steps: list[str], style: str) -> str:
@@ -129,8 +137,9 @@ def solution_score(rm_name: str, step_scores: list[float]) -> float:
     return aggregate(step_scores, "last" if rm_name.startswith("ORM") else "min")
 
 
-def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[str, object]:
-    """Every method's chosen answer for one problem. scores: reward model name -> step scores."""
+def method_choices(answers: list, scores: dict[str, list[list[float]]]) -> dict[str, list]:
+    """Every method's chosen answer for one problem (several when tied, each equally likely).
+    scores: reward model name -> step scores."""
     chosen = {"SC": majority_vote(answers)}
     for name, steps in scores.items():
         if name.startswith("ORM"):
@@ -151,7 +160,8 @@ def blind_choice(texts: list[str], right: list[bool]) -> float:
 
 def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: int) -> dict:
     """Accuracy of every method vs N: for each N, `subsets` random subsets of N solutions per
-    problem (as PRM800K's evaluation does); the mean over subsets and its std.
+    problem (as PRM800K's evaluation does); the mean over subsets and its std. A tie counts as
+    the mean of its tied choices, so at N = all solutions (one subset) the number is exact.
     per_problem: {"answers": [...], "correct": {answer: bool}, "scores": {rm: [[step scores]...]}},
     and optionally "texts" (each solution's text), which adds the blind baseline ("blind")."""
     rng = random.Random(seed)
@@ -165,8 +175,9 @@ def best_of_n_curve(per_problem: list[dict], ns: list[int], subsets: int, seed: 
                 ans = [p["answers"][i] for i in idx]
                 scores = {k: [v[i] for i in idx] for k, v in p["scores"].items()}
                 chosen = method_choices(ans, scores)
-                for m, a in chosen.items():
-                    hits[m] = hits.get(m, 0) + bool(p["correct"].get(a, False))
+                for m, tied in chosen.items():
+                    hits[m] = hits.get(m, 0) + sum(
+                        bool(p["correct"].get(a, False)) for a in tied) / len(tied)
                 if "texts" in p:
                     right = [bool(p["correct"].get(a, False)) for a in ans]
                     hits["blind"] = hits.get("blind", 0) + blind_choice(

@@ -25,16 +25,16 @@ def test_aggregations():
 
 
 def test_votes_ties_and_missing_answers():
-    assert verify.majority_vote(["3", None, "4", None, None, "4"]) == "4"  # None never votes
-    assert verify.majority_vote(["5", "3", "3", "5"]) == "5"  # a tie goes to the answer seen first
-    assert verify.majority_vote([None, None]) is None
-    # best-of-N: the highest score's answer, even a missing one; ties to the first
-    assert verify.best_of_n(["3", "4", None], [0.2, 0.9, 0.95]) is None
-    assert verify.best_of_n(["3", "4"], [0.7, 0.7]) == "3"
+    assert verify.majority_vote(["3", None, "4", None, None, "4"]) == ["4"]  # None never votes
+    assert verify.majority_vote(["5", "3", "3", "5"]) == ["5", "3"]  # a tie: both, as first seen
+    assert verify.majority_vote([None, None]) == [None]
+    # best-of-N: the highest score's answer, even a missing one; tied solutions: each one's answer
+    assert verify.best_of_n(["3", "4", None], [0.2, 0.9, 0.95]) == [None]
+    assert verify.best_of_n(["3", "4", "3"], [0.7, 0.7, 0.7]) == ["3", "4", "3"]
     # SC+RM: argmax_a sum_i 1[a_i = a] RM_i: two weak votes for 3 (0.4 + 0.4) beat one strong 4 (0.7)
-    assert verify.weighted_vote(["3", "4", "3", None], [0.4, 0.7, 0.4, 5.0]) == "3"
-    assert verify.weighted_vote(["3", "4", "3"], [0.3, 0.7, 0.3]) == "4"
-    assert verify.weighted_vote([None], [1.0]) is None
+    assert verify.weighted_vote(["3", "4", "3", None], [0.4, 0.7, 0.4, 5.0]) == ["3"]
+    assert verify.weighted_vote(["3", "4", "3"], [0.3, 0.7, 0.3]) == ["4"]
+    assert verify.weighted_vote([None], [1.0]) == [None]
 
 
 def test_method_choices_use_their_aggregation():
@@ -42,9 +42,10 @@ def test_method_choices_use_their_aggregation():
     prm = [[0.9, 0.2], [0.6, 0.6], [0.5, 0.95]]  # min: .2 .6 .5 -> "8"; prod: .18 .36 .475 -> "7"; last -> "7"(#3)
     orm = [[0.1], [0.2], [0.9]]
     c = verify.method_choices(answers, {"PRM": prm, "ORM": orm})
-    assert c == {"SC": "7", "PRM-min": "8", "PRM-prod": "7", "PRM-last": "7", "SC+PRM": "7", "ORM": "7", "SC+ORM": "7"}
+    assert c == {"SC": ["7"], "PRM-min": ["8"], "PRM-prod": ["7"], "PRM-last": ["7"], "SC+PRM": ["7"], "ORM": ["7"],
+                 "SC+ORM": ["7"]}
     c = verify.method_choices(["1", "2"], {"PRM": [[0.9, 0.1], [0.3]]})
-    assert c["PRM-min"] == "2" and c["PRM-last"] == "2" and c["PRM-prod"] == "2" and c["SC"] == "1"
+    assert c["PRM-min"] == ["2"] and c["PRM-last"] == ["2"] and c["PRM-prod"] == ["2"] and c["SC"] == ["1", "2"]
 
 
 def test_best_of_n_curve_by_hand():
@@ -56,8 +57,23 @@ def test_best_of_n_curve_by_hand():
     assert curve[1]["SC"]["mean"] == pytest.approx(0.5, abs=0.04)  # one random solution: right half the time
     # N=2: the oracle fails only when both drawn are wrong: 1 of 6 pairs
     assert curve[2]["PRM-min"]["mean"] == pytest.approx(5 / 6, abs=0.04)
-    # SC at N=2: the first of a tied pair wins, and pairs come in random order: P(right) = 1/6 + 4/6 * 1/2 = 1/2
+    # SC at N=2: a right-wrong pair ties and counts 1/2: P(right) = 1/6 + 4/6 * 1/2 = 1/2
     assert curve[2]["SC"]["mean"] == pytest.approx(0.5, abs=0.04)
+
+
+def test_an_exact_tie_counts_as_its_expectation():
+    # N = all solutions: one subset, so a tie broken by a coin would give 0 or 1; its expectation is exact
+    p = {"answers": ["1", "2", "3", "1"], "correct": {"1": True, "2": False, "3": False},
+         "scores": {"PRM": [[0.5], [0.5], [0.5], [0.1]], "ORM": [[0.5], [0.5], [0.25], [0.5]]}}
+    q = {"answers": ["1", "2"], "correct": {"1": True, "2": False},  # one vote each, equal weights
+         "scores": {"PRM": [[0.25], [0.25]], "ORM": [[0.25], [0.25]]}}
+    for seed in range(5):
+        c = verify.best_of_n_curve([p], [4], subsets=100, seed=seed)[4]
+        assert c["PRM-min"]["mean"] == pytest.approx(1 / 3) and c["PRM-min"]["std"] == 0  # 1 of 3 tied is right
+        assert c["ORM"]["mean"] == pytest.approx(2 / 3)  # solutions 1, 2, 4 tie: answers "1", "2", "1"
+        assert c["SC"]["mean"] == 1.0 and c["SC+ORM"]["mean"] == 1.0  # "1": two votes, weight 1.0
+        c = verify.best_of_n_curve([q], [2], subsets=100, seed=seed)[2]
+        assert all(c[m]["mean"] == 0.5 for m in ("SC", "SC+PRM", "SC+ORM", "PRM-min", "ORM"))
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/mistral-7b-v0.1 is absent")
