@@ -43,9 +43,8 @@ def aggregate(step_scores: list[float], how: str) -> float:
 
 
 def top(keys: list, value) -> list:
-    """Every key with the highest value, in order: an argmax with its ties. Best-of-N credits a tie
-    by its expectation (each tied choice equally likely): copies of a text get one score, so exact
-    ties are common, and a coin flip per tie would add noise to every curve."""
+    """Every key with the highest value, in order: an argmax with its ties (copies of a text get
+    one score, so exact ties are common)."""
     best = max((value(k) for k in keys), default=None)
     return [k for k in keys if value(k) == best]
 
